@@ -1,0 +1,84 @@
+"""Exceptions, each saying what went wrong, on which object, and what to do."""
+
+from __future__ import annotations
+
+
+class PipelineModelsError(Exception):
+    """Base class of every error raised by pipeline-models."""
+
+
+class DatabaseConfigurationError(PipelineModelsError):
+    """The database URL is malformed, unreachable or refuses us; raised before any work."""
+
+
+class DatabaseUnavailableError(PipelineModelsError):
+    """The database went away while the pipeline was running; the work is retried."""
+
+
+class EmbeddedPostgresError(PipelineModelsError):
+    """The embedded Postgres could not start."""
+
+
+class ServiceError(PipelineModelsError):
+    """An external service (parser, embeddings) failed a call.
+
+    ``transient`` errors are retried with backoff; permanent ones dead-letter the job.
+    ``retry_after`` is the service's own Retry-After, in seconds, when it sent one.
+    """
+
+    transient: bool = True
+
+    def __init__(
+        self,
+        service: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{service}: {message}")
+        self.service = service
+        self.status = status
+        self.retry_after = retry_after
+
+
+class TransientServiceError(ServiceError):
+    transient = True
+
+
+class PermanentServiceError(ServiceError):
+    transient = False
+
+
+class CircuitOpenError(TransientServiceError):
+    """The service's circuit breaker is open: the call was not made."""
+
+
+class DocumentRejectedError(PipelineModelsError):
+    """The document itself is unusable (type, size, empty, undecodable): never retried."""
+
+
+class LeaseLostError(PipelineModelsError):
+    """The worker no longer owns the job (lease expired and moved, or the job changed).
+
+    The transaction that raised it is rolled back; the new owner carries on.
+    """
+
+
+class StorageError(PipelineModelsError):
+    """A blob is missing or the storage backend refused an operation."""
+
+
+__all__ = [
+    "CircuitOpenError",
+    "DatabaseConfigurationError",
+    "DatabaseUnavailableError",
+    "DocumentRejectedError",
+    "EmbeddedPostgresError",
+    "LeaseLostError",
+    "PermanentServiceError",
+    "PipelineModelsError",
+    "ServiceError",
+    "StorageError",
+    "TransientServiceError",
+]

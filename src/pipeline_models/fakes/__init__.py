@@ -1,0 +1,1 @@
+"""Deterministic fake parser and embeddings services, with fault injection."""

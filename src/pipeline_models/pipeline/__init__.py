@@ -1,0 +1,1 @@
+"""The reference BaseWorker pipeline: the system under test."""
