@@ -98,8 +98,10 @@ class Transition:
 
     def matches(self, old: Position | None, new: Position) -> bool:
         if old is None:
-            return not self.from_states and self.target_stage(None) == new.stage and (
-                new.state == self.to_state
+            return (
+                not self.from_states
+                and self.target_stage(None) == new.stage
+                and (new.state == self.to_state)
             )
         if old.stage not in self.from_stages or old.state not in self.from_states:
             return False

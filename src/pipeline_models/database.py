@@ -1,0 +1,267 @@
+"""Postgres for the pipeline and its checker: a server from DATABASE_URL, or an embedded one.
+
+>>> with Database.from_environment() as database:          # doctest: +SKIP
+...     connection = await database.connect()
+...     await database.reset(connection)
+
+Without a URL (argument, then ``DATABASE_URL``) an embedded throwaway server starts on
+first use and stops with the process. A bad URL fails fast, before any work, with a
+message that names the URL (password hidden) and what to do.
+
+Isolation between tests (and, in the checker, between examples) is a *reset* of the
+pipeline's tables. ``benchmarks/reset_cost.py`` measures the strategies; DELETE won on
+the small states tests and examples leave (see the README for the figures), so it is the
+default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from pipeline_models.embedded import EmbeddedPostgres
+from pipeline_models.errors import DatabaseConfigurationError
+from pipeline_models.schema import (
+    DEFAULT_SCHEMA,
+    TABLES_CHILDREN_FIRST,
+    ddl_statements,
+    schema_fingerprint,
+)
+
+logger = logging.getLogger(__name__)
+
+ENVIRONMENT_VARIABLE = "DATABASE_URL"
+CONNECT_TIMEOUT = 5.0
+_FINGERPRINT_PREFIX = "pipeline-models schema "
+_SCHEMES = ("postgresql", "postgres")
+
+
+class ResetStrategy(StrEnum):
+    DELETE = "delete"
+    TRUNCATE = "truncate"
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ``***``: safe to print."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    host = netloc[1] if len(netloc) == 2 else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def resolve_url(explicit: str | None = None) -> str | None:
+    """The URL to use: ``explicit``, else ``DATABASE_URL``, else None (embedded)."""
+    url = explicit or os.environ.get(ENVIRONMENT_VARIABLE) or None
+    return url.strip() if url else None
+
+
+def _validate_url(url: str) -> None:
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as error:
+        raise DatabaseConfigurationError(
+            f"DATABASE_URL {redact(url)!r} is not a URL ({error}); expected "
+            "postgresql://user:password@host:5432/database"
+        ) from None
+    if scheme not in _SCHEMES:
+        raise DatabaseConfigurationError(
+            f"DATABASE_URL {redact(url)!r} has scheme {scheme or '(none)'!r}; pipeline-models "
+            "needs Postgres: postgresql://user:password@host:5432/database, or unset "
+            "DATABASE_URL to use the embedded Postgres"
+        )
+
+
+def _explain_connect_error(url: str, error: BaseException) -> DatabaseConfigurationError:
+    shown = redact(url)
+    fallback = "Fix DATABASE_URL, or unset it to use the embedded Postgres."
+    if isinstance(
+        error, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+    ):
+        why = f"Postgres at {shown!r} refused the credentials: {error}. Check user and password."
+    elif isinstance(error, asyncpg.InvalidCatalogNameError):
+        why = f"Postgres at {shown!r} has no such database: {error}. Create it (createdb)."
+    elif isinstance(error, TimeoutError | asyncio.TimeoutError):
+        why = f"Postgres at {shown!r} did not answer within {CONNECT_TIMEOUT:g} s."
+    elif isinstance(error, socket.gaierror):
+        why = f"the host in {shown!r} does not resolve ({error})."
+    elif isinstance(error, ConnectionRefusedError):
+        why = f"nothing accepts connections at {shown!r} (connection refused). Is Postgres running?"
+    elif isinstance(error, OSError):
+        why = f"could not reach Postgres at {shown!r}: {error}."
+    else:
+        why = f"could not connect to Postgres at {shown!r}: {type(error).__name__}: {error}."
+    return DatabaseConfigurationError(f"{why} {fallback}")
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    for json_type in ("json", "jsonb"):
+        await connection.set_type_codec(
+            json_type, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+@dataclass
+class Database:
+    """A Postgres server holding the pipeline's schema.
+
+    Build it with :meth:`from_environment`; it owns the embedded server if it started
+    one, and stops it on :meth:`close` (or at the end of a ``with`` block).
+    """
+
+    url: str
+    schema: str = DEFAULT_SCHEMA
+    embedded: EmbeddedPostgres | None = None
+    reset_strategy: ResetStrategy = ResetStrategy.DELETE
+    extra_tables: Sequence[str] = field(default_factory=tuple)
+
+    @classmethod
+    def from_environment(
+        cls,
+        url: str | None = None,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        reset_strategy: ResetStrategy = ResetStrategy.DELETE,
+    ) -> Database:
+        """A database from ``url``, else ``DATABASE_URL``, else a new embedded server."""
+        resolved = resolve_url(url)
+        if resolved is None:
+            server = EmbeddedPostgres.start()
+            return cls(server.url, schema=schema, embedded=server, reset_strategy=reset_strategy)
+        _validate_url(resolved)
+        return cls(resolved, schema=schema, reset_strategy=reset_strategy)
+
+    @property
+    def display_url(self) -> str:
+        return "embedded Postgres" if self.embedded else redact(self.url)
+
+    async def connect(self, *, application_name: str = "pipeline-models") -> asyncpg.Connection:
+        """A new connection with ``search_path`` set to the pipeline's schema."""
+        try:
+            connection = await asyncpg.connect(
+                self.url,
+                timeout=CONNECT_TIMEOUT,
+                server_settings={
+                    "search_path": self.schema,
+                    "application_name": application_name,
+                },
+            )
+        except (asyncpg.PostgresError, OSError, TimeoutError, asyncpg.InterfaceError) as error:
+            raise _explain_connect_error(self.url, error) from error
+        except ValueError as error:  # asyncpg's DSN parser
+            raise DatabaseConfigurationError(
+                f"DATABASE_URL {redact(self.url)!r} is malformed: {error}"
+            ) from None
+        await _init_connection(connection)
+        return connection
+
+    async def ensure_schema(self) -> bool:
+        """Create the schema if missing or outdated; True if anything was created.
+
+        Safe to call from many processes at once (an advisory lock serialises them). A
+        schema of the same name that pipeline-models did not create is never touched.
+        """
+        expected = _FINGERPRINT_PREFIX + schema_fingerprint()
+        connection = await self.connect(application_name="pipeline-models schema")
+        try:
+            async with connection.transaction():
+                await connection.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))", f"pipeline-models:{self.schema}"
+                )
+                found = await connection.fetchval(
+                    "SELECT coalesce(obj_description(oid, 'pg_namespace'), '') "
+                    "FROM pg_namespace WHERE nspname = $1",
+                    self.schema,
+                )
+                if found == expected:
+                    return False
+                quoted = _quote_identifier(self.schema)
+                if found is not None:
+                    if not found.startswith(_FINGERPRINT_PREFIX):
+                        raise DatabaseConfigurationError(
+                            f"schema {self.schema!r} in {self.display_url} was not created by "
+                            "pipeline-models; it is left alone. Choose another schema "
+                            "(--pipeline-schema, or Database(schema=...))."
+                        )
+                    logger.warning(
+                        "schema changed, rebuilding",
+                        extra={"action": "schema_rebuilt", "schema": self.schema},
+                    )
+                    await connection.execute(f"DROP SCHEMA {quoted} CASCADE")
+                await connection.execute(f"CREATE SCHEMA {quoted}")
+                await connection.execute(f"SET LOCAL search_path TO {quoted}")
+                for statement in ddl_statements():
+                    await connection.execute(statement)
+                await connection.execute(f"COMMENT ON SCHEMA {quoted} IS '{expected}'")
+                return True
+        finally:
+            await connection.close()
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """Every table a reset empties, children first."""
+        return (*self.extra_tables, *(t.name for t in TABLES_CHILDREN_FIRST))
+
+    async def reset(
+        self, connection: asyncpg.Connection, strategy: ResetStrategy | None = None
+    ) -> None:
+        """Empty every pipeline table and restart identities, as if freshly created."""
+        strategy = strategy or self.reset_strategy
+        tables = [_quote_identifier(t) for t in self.tables]
+        if strategy is ResetStrategy.TRUNCATE:
+            await connection.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+            return
+        statements = [f"DELETE FROM {table}" for table in tables]
+        statements.append("SELECT setval(pg_get_serial_sequence('events', 'event_id'), 1, false)")
+        # One round trip: a simple-protocol script runs in one implicit transaction.
+        await connection.execute(";\n".join(statements))
+
+    async def row_counts(self, connection: asyncpg.Connection) -> dict[str, int]:
+        """Rows per pipeline table (for tests and reports)."""
+        counts = {}
+        for table in self.tables:
+            counts[table] = await connection.fetchval(
+                f"SELECT count(*) FROM {_quote_identifier(table)}"
+            )
+        return counts
+
+    def close(self) -> None:
+        """Stop the embedded server, if this database started one."""
+        if self.embedded is not None:
+            self.embedded.stop()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Database({self.display_url!r}, schema={self.schema!r})"
+
+
+def _quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+__all__ = [
+    "ENVIRONMENT_VARIABLE",
+    "Database",
+    "ResetStrategy",
+    "redact",
+    "resolve_url",
+]

@@ -1,0 +1,211 @@
+"""A throwaway Postgres for machines with none: the ``pgserver`` wheel's binaries.
+
+The server lives in a temporary directory and never outlives the process that started
+it. ``atexit`` covers a normal exit, an exception and Ctrl-C; a *reaper* subprocess
+covers the rest (SIGTERM, SIGKILL, a crashed interpreter): it holds the read end of a
+pipe whose write end only the parent holds, so the kernel closes it however the parent
+dies, and the reaper then stops the server and deletes its directory.
+
+>>> server = EmbeddedPostgres.start()     # doctest: +SKIP
+>>> server.url                            # doctest: +SKIP
+'postgresql://postgres:@/postgres?host=/tmp/pipeline-models-...'
+>>> server.stop()                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import IO
+
+from pipeline_models.errors import EmbeddedPostgresError
+
+logger = logging.getLogger(__name__)
+
+_DIR_PREFIX = "pipeline-models-pg-"
+
+
+class EmbeddedPostgres:
+    """One embedded Postgres server in a temporary directory."""
+
+    def __init__(self, pgdata: Path, url: str, server: object, reaper: subprocess.Popen[bytes]):
+        self.pgdata = pgdata
+        self.url = url
+        self._server = server
+        self._reaper = reaper
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(cls) -> EmbeddedPostgres:
+        """Initialise and start a fresh server; typically 0.5 to 1 s."""
+        try:
+            with warnings.catch_warnings():
+                # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver
+                # falls back to /tmp, which is what we want.
+                warnings.simplefilter("ignore")
+                import pgserver
+        except ImportError as error:  # pragma: no cover - a dependency of the package
+            raise EmbeddedPostgresError(
+                "the embedded Postgres needs the 'pgserver' package: pip install pgserver, "
+                "or set DATABASE_URL to a server you run"
+            ) from error
+        root = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX))
+        # pgserver runs the server as an unprivileged user when we are root; it must be
+        # able to traverse into the data directory's parent.
+        root.chmod(0o755)
+        pgdata = root / "data"
+        started = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                server = pgserver.get_server(pgdata, cleanup_mode="delete")
+            # We stop the server ourselves, faster (an immediate shutdown: nothing in a
+            # throwaway database is worth a checkpoint) and also when the process is
+            # killed; pgserver's own exit hook would then find nothing to clean.
+            atexit.unregister(server._cleanup)
+            url = server.get_uri()
+            pid = server.get_pid()
+        except Exception as error:
+            shutil.rmtree(root, ignore_errors=True)
+            raise EmbeddedPostgresError(
+                f"could not start the embedded Postgres in {pgdata}: {error}. "
+                "Set DATABASE_URL to a server you run instead."
+            ) from error
+        reaper = _spawn_reaper(root, pid)
+        instance = cls(pgdata, url, server, reaper)
+        atexit.register(instance.stop)
+        logger.info(
+            "embedded postgres started",
+            extra={
+                "action": "embedded_postgres_started",
+                "pgdata": str(pgdata),
+                "pid": pid,
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        return instance
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while it runs."""
+        return _postmaster_pid(self.pgdata)
+
+    def stop(self) -> None:
+        """Stop the server and delete its directory; safe to call twice."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        atexit.unregister(self.stop)
+        # Closing our end of the pipe tells the reaper it is time: it stops the server,
+        # removes the directory and exits.
+        stdin: IO[bytes] | None = self._reaper.stdin
+        if stdin is not None:
+            stdin.close()
+        try:
+            self._reaper.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self._reaper.kill()
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "running"
+        return f"EmbeddedPostgres({str(self.pgdata)!r}, {state})"
+
+
+def _spawn_reaper(root: Path, pid: int | None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline_models.embedded", str(root), str(pid or 0)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # Its own session: a Ctrl-C aimed at the foreground job must not kill the reaper
+        # before it has done its work.
+        start_new_session=True,
+    )
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    try:
+        first_line = (pgdata / "postmaster.pid").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    try:
+        pid = int(first_line)
+    except ValueError:
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        # A stopped postmaster stays a zombie until init reaps it, which in a container
+        # can take a second: it no longer serves anything, so it counts as gone.
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _reap(root: Path, pid: int) -> None:
+    """Stop the postmaster (immediate shutdown) and remove the directory."""
+    pid = _postmaster_pid(root / "data") or pid
+    if pid and _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)  # immediate shutdown: a throwaway database
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def leftover_servers() -> list[int]:
+    """Pids of embedded servers started by pipeline-models that are still running.
+
+    Used by the test that proves no embedded server outlives its session.
+    """
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(attrs=["name", "cmdline"]):
+        cmdline = process.info.get("cmdline") or []
+        ours = any(_DIR_PREFIX in part for part in cmdline)
+        if process.info.get("name") == "postgres" and ours and _alive(process.pid):
+            found.append(process.pid)
+    return found
+
+
+def _reaper_main(argv: list[str]) -> None:
+    root, pid = Path(argv[0]), int(argv[1])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Blocks until the parent closes the pipe or dies: either way, the end of its life.
+    sys.stdin.buffer.read()
+    _reap(root, pid)
+
+
+if __name__ == "__main__":
+    _reaper_main(sys.argv[1:])
+
+
+__all__ = ["EmbeddedPostgres", "leftover_servers"]

@@ -1,0 +1,287 @@
+-- The reference pipeline's queries, one named block each, run on asyncpg.
+--
+-- Every comparison with "now" takes the time as a parameter from the worker's Clock:
+-- nothing here calls now(), so a test that owns the clock owns time.
+-- Tables are unqualified; connections set search_path to the pipeline's schema.
+
+
+-- name: claim_job
+-- Lease one due job, or one whose lease has expired, skipping rows other workers hold.
+-- Reclaiming an expired lease counts as a failed attempt; past the retry limit the job is
+-- dead-lettered instead of claimed (so a job that kills its worker cannot loop forever).
+-- $1 owner text, $2 now timestamptz, $3 lease_expires_at timestamptz, $4 retry_limit int
+WITH candidate AS (
+    SELECT job_id, state AS previous_state, owner AS previous_owner,
+           (state = 'working' AND retry_count >= $4) AS exhausted
+    FROM upload_jobs
+    WHERE (state IN ('queued', 'retryable') AND next_attempt_at <= $2)
+       OR (state = 'working' AND lease_expires_at <= $2)
+    ORDER BY next_attempt_at, job_id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE upload_jobs AS job
+SET state = CASE WHEN candidate.exhausted THEN 'deadletter' ELSE 'working' END,
+    owner = CASE WHEN candidate.exhausted THEN NULL ELSE $1 END,
+    lease_expires_at = CASE WHEN candidate.exhausted THEN NULL ELSE $3 END,
+    retry_count = job.retry_count
+        + CASE WHEN candidate.previous_state = 'working' AND NOT candidate.exhausted THEN 1 ELSE 0 END,
+    last_error = CASE
+        WHEN candidate.exhausted
+            THEN 'lease of ' || candidate.previous_owner || ' expired with retries exhausted'
+        WHEN candidate.previous_state = 'working'
+            THEN 'lease of ' || candidate.previous_owner || ' expired'
+        ELSE job.last_error END,
+    last_error_kind = CASE
+        WHEN candidate.exhausted THEN 'permanent'
+        WHEN candidate.previous_state = 'working' THEN 'transient'
+        ELSE job.last_error_kind END,
+    updated_at = $2
+FROM candidate, documents AS document
+WHERE job.job_id = candidate.job_id AND document.document_id = job.document_id
+RETURNING job.job_id, job.document_id, job.user_id, job.stage, job.state, job.owner,
+          job.lease_expires_at, job.retry_count, job.parser_job_id, job.chunks_total,
+          job.chunks_done, job.chunk_cursor, job.embeddings_done, job.correlation_id,
+          job.last_error, candidate.previous_state, candidate.previous_owner,
+          document.filename, document.declared_type, document.size_bytes,
+          document.raw_blob_key, document.parsed_blob_key;
+
+
+-- name: renew_lease
+-- Extend a live lease held by this owner. No row back: the lease is lost.
+-- $1 job_id uuid, $2 owner text, $3 now timestamptz, $4 lease_expires_at timestamptz
+UPDATE upload_jobs
+SET lease_expires_at = $4, updated_at = $3
+WHERE job_id = $1 AND owner = $2 AND state = 'working' AND lease_expires_at > $3
+RETURNING lease_expires_at;
+
+
+-- name: lock_owned_job
+-- The fence: first statement of every committing transaction. Locks the job row only if
+-- this owner still holds a live lease at this stage; no row back means the lease was lost
+-- and the transaction must roll back.
+-- $1 job_id uuid, $2 owner text, $3 now timestamptz, $4 stage text
+SELECT job_id
+FROM upload_jobs
+WHERE job_id = $1 AND owner = $2 AND state = 'working' AND lease_expires_at > $3
+  AND stage = $4
+FOR UPDATE;
+
+
+-- name: advance_job
+-- The stage is done: move to the next stage, queued and due now. Progress resets the
+-- retry budget.
+-- $1 job_id uuid, $2 owner text, $3 now timestamptz, $4 next_stage text
+UPDATE upload_jobs
+SET stage = $4, state = 'queued', owner = NULL, lease_expires_at = NULL,
+    next_attempt_at = $3, retry_count = 0, updated_at = $3
+WHERE job_id = $1 AND owner = $2 AND state = 'working';
+
+
+-- name: requeue_job
+-- Same stage again later: a batch was written, the parser is still busy, a service
+-- deferred us, or the worker is shutting down. $5 says whether progress was made (which
+-- resets the retry budget).
+-- $1 job_id uuid, $2 owner text, $3 now timestamptz, $4 next_attempt_at timestamptz,
+-- $5 made_progress boolean
+UPDATE upload_jobs
+SET state = 'queued', owner = NULL, lease_expires_at = NULL, next_attempt_at = $4,
+    retry_count = CASE WHEN $5 THEN 0 ELSE retry_count END, updated_at = $3
+WHERE job_id = $1 AND owner = $2 AND state = 'working';
+
+
+-- name: fail_job_transient
+-- A transient failure: wait for the backoff (and any Retry-After), then try again.
+-- $1 job_id uuid, $2 owner text, $3 now timestamptz, $4 next_attempt_at timestamptz,
+-- $5 last_error text
+UPDATE upload_jobs
+SET state = 'retryable', owner = NULL, lease_expires_at = NULL, next_attempt_at = $4,
+    retry_count = retry_count + 1, last_error = $5, last_error_kind = 'transient',
+    updated_at = $3
+WHERE job_id = $1 AND owner = $2 AND state = 'working';
+
+
+-- name: fail_job_permanent
+-- A permanent failure, or retries exhausted: dead-letter with the error.
+-- $1 job_id uuid, $2 owner text, $3 now timestamptz, $4 last_error text
+UPDATE upload_jobs
+SET state = 'deadletter', owner = NULL, lease_expires_at = NULL, last_error = $4,
+    last_error_kind = 'permanent', updated_at = $3
+WHERE job_id = $1 AND owner = $2 AND state = 'working';
+
+
+-- name: mark_document_failed
+-- $1 document_id uuid, $2 now timestamptz
+UPDATE documents SET status = 'failed', updated_at = $2 WHERE document_id = $1;
+
+
+-- name: set_detected_type
+-- $1 document_id uuid, $2 detected_type text, $3 now timestamptz
+UPDATE documents SET detected_type = $2, updated_at = $3 WHERE document_id = $1;
+
+
+-- name: set_parser_job
+-- $1 job_id uuid, $2 parser_job_id text, $3 now timestamptz
+UPDATE upload_jobs SET parser_job_id = $2, updated_at = $3 WHERE job_id = $1;
+
+
+-- name: set_parsed_blob
+-- $1 document_id uuid, $2 parsed_blob_key text, $3 parsed_pages int, $4 now timestamptz
+UPDATE documents
+SET parsed_blob_key = $2, parsed_pages = $3, updated_at = $4
+WHERE document_id = $1;
+
+
+-- name: set_parsed_sha
+-- $1 document_id uuid, $2 parsed_sha256 text, $3 now timestamptz
+UPDATE documents SET parsed_sha256 = $2, updated_at = $3 WHERE document_id = $1;
+
+
+-- name: set_chunk_plan
+-- $1 job_id uuid, $2 chunks_total int, $3 now timestamptz
+UPDATE upload_jobs
+SET chunks_total = $2, chunks_done = 0, chunk_cursor = 0, embeddings_done = 0, updated_at = $3
+WHERE job_id = $1;
+
+
+-- name: insert_chunks
+-- One batch of planned chunks; a retried batch writes the same ids and changes nothing.
+-- $1 document_id uuid, $2 chunker_name text, $3 chunker_version text, $4 now timestamptz,
+-- $5 chunk_ids uuid[], $6 ordinals int[], $7 texts text[], $8 shas text[],
+-- $9 byte_starts bigint[], $10 byte_ends bigint[]
+INSERT INTO document_chunk_buffer
+    (chunk_id, document_id, chunker_name, chunker_version, chunk_ord, text, chunk_sha,
+     byte_start, byte_end, created_at)
+SELECT batch.chunk_id, $1, $2, $3, batch.chunk_ord, batch.text, batch.chunk_sha,
+       batch.byte_start, batch.byte_end, $4
+FROM unnest($5::uuid[], $6::int[], $7::text[], $8::text[], $9::bigint[], $10::bigint[])
+    AS batch(chunk_id, chunk_ord, text, chunk_sha, byte_start, byte_end)
+ON CONFLICT DO NOTHING;
+
+
+-- name: set_chunk_progress
+-- Counters equal the buffer: set from the batch just written, in its transaction.
+-- $1 job_id uuid, $2 chunks_done int, $3 chunk_cursor bigint, $4 now timestamptz
+UPDATE upload_jobs
+SET chunks_done = $2, chunk_cursor = $3, updated_at = $4
+WHERE job_id = $1;
+
+
+-- name: chunks_to_embed
+-- The next micro-batch: buffered chunks from ordinal $4 on, in order.
+-- $1 document_id uuid, $2 chunker_name text, $3 chunker_version text, $4 from_ordinal int,
+-- $5 batch_size int
+SELECT chunk_id, chunk_ord, text
+FROM document_chunk_buffer
+WHERE document_id = $1 AND chunker_name = $2 AND chunker_version = $3 AND chunk_ord >= $4
+ORDER BY chunk_ord
+LIMIT $5;
+
+
+-- name: insert_vector
+-- $1 chunk_id uuid, $2 document_id uuid, $3 embed_model text, $4 embed_version text,
+-- $5 vector real[], $6 vector_sha text, $7 now timestamptz
+INSERT INTO document_vector_buffer
+    (chunk_id, document_id, embed_model, embed_version, vector, vector_sha, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT DO NOTHING;
+
+
+-- name: set_embedding_progress
+-- $1 job_id uuid, $2 embeddings_done int, $3 now timestamptz
+UPDATE upload_jobs SET embeddings_done = $2, updated_at = $3 WHERE job_id = $1;
+
+
+-- name: promote_buffers
+-- Finalize, step one: copy every buffered chunk with its vector into the final table.
+-- The caller compares the row count with the plan before going on.
+-- $1 document_id uuid, $2 chunker_name text, $3 chunker_version text,
+-- $4 embed_model text, $5 embed_version text, $6 now timestamptz
+INSERT INTO document_chunks
+    (chunk_id, document_id, chunk_ord, text, chunk_sha, embed_model, embed_version, vector,
+     vector_sha, created_at)
+SELECT chunk.chunk_id, chunk.document_id, chunk.chunk_ord, chunk.text, chunk.chunk_sha,
+       vector.embed_model, vector.embed_version, vector.vector, vector.vector_sha, $6
+FROM document_chunk_buffer AS chunk
+JOIN document_vector_buffer AS vector
+  ON vector.chunk_id = chunk.chunk_id AND vector.embed_model = $4
+ AND vector.embed_version = $5
+WHERE chunk.document_id = $1 AND chunk.chunker_name = $2 AND chunk.chunker_version = $3;
+
+
+-- name: clear_buffers
+-- Finalize, step two: the buffers have been promoted (vectors go by cascade).
+-- $1 document_id uuid
+DELETE FROM document_chunk_buffer WHERE document_id = $1;
+
+
+-- name: complete_document
+-- $1 document_id uuid, $2 chunk_count int, $3 now timestamptz
+UPDATE documents
+SET status = 'complete', chunk_count = $2, updated_at = $3
+WHERE document_id = $1;
+
+
+-- name: finish_job
+-- Finalize, step three: the job is done, in the same transaction as the promotion.
+-- $1 job_id uuid, $2 owner text, $3 now timestamptz
+UPDATE upload_jobs
+SET state = 'done', owner = NULL, lease_expires_at = NULL, updated_at = $3
+WHERE job_id = $1 AND owner = $2 AND state = 'working' AND stage = 'embedded';
+
+
+-- name: insert_event
+-- The pipeline's own log (the checker never trusts it; people read it).
+-- $1 job_id uuid, $2 document_id uuid, $3 correlation_id text, $4 action text,
+-- $5 stage text, $6 state text, $7 worker text, $8 detail jsonb, $9 now timestamptz
+INSERT INTO events
+    (job_id, document_id, correlation_id, action, stage, state, worker, detail, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9);
+
+
+-- name: insert_document
+-- An upload: the same bytes from the same user are the same document. No row back means
+-- it exists already (find_upload then returns it).
+-- $1 document_id uuid, $2 user_id uuid, $3 filename text, $4 declared_type text,
+-- $5 file_sha256 text, $6 size_bytes bigint, $7 raw_blob_key text, $8 now timestamptz
+INSERT INTO documents
+    (document_id, user_id, filename, declared_type, file_sha256, size_bytes, raw_blob_key,
+     status, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'processing', $8, $8)
+ON CONFLICT (user_id, file_sha256) DO NOTHING
+RETURNING document_id;
+
+
+-- name: insert_job
+-- The document's job, in the same transaction as the document.
+-- $1 job_id uuid, $2 document_id uuid, $3 user_id uuid, $4 correlation_id text,
+-- $5 now timestamptz
+INSERT INTO upload_jobs
+    (job_id, document_id, user_id, stage, state, next_attempt_at, correlation_id,
+     created_at, updated_at)
+VALUES ($1, $2, $3, 'queued', 'queued', $5, $4, $5, $5);
+
+
+-- name: find_upload
+-- The document and newest job for a user's bytes.
+-- $1 user_id uuid, $2 file_sha256 text
+SELECT document.document_id, job.job_id
+FROM documents AS document
+JOIN upload_jobs AS job ON job.document_id = document.document_id
+WHERE document.user_id = $1 AND document.file_sha256 = $2
+ORDER BY job.created_at DESC
+LIMIT 1;
+
+
+-- name: job_counts
+-- Jobs by stage and state, for health and the demo's table.
+SELECT stage, state, count(*) AS jobs FROM upload_jobs GROUP BY stage, state;
+
+
+-- name: stage_timings
+-- Seconds spent per stage, from the pipeline's own log.
+SELECT stage, count(*) AS steps, sum((detail ->> 'seconds')::float8) AS seconds,
+       max((detail ->> 'seconds')::float8) AS slowest
+FROM events
+WHERE action IN ('stage_completed', 'batch_completed', 'parser_pending')
+GROUP BY stage;
