@@ -1,9 +1,48 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
 import pytest
+
+from pipeline_models.database import Database
+from pipeline_models.pipeline.config import WorkerConfig
+from pipeline_models.pipeline.reference import ReferencePipeline
 
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     # The pipeline is asyncio code (asyncpg); trio is not a target.
     return "asyncio"
+
+
+@pytest.fixture
+async def db(clean_pipeline_database: Database) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the emptied pipeline database."""
+    connection = await clean_pipeline_database.connect(application_name="test")
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+# Small vectors keep end-to-end tests fast; the dimension is a parameter like any other.
+TEST_CONFIG = WorkerConfig(
+    embed_dimensions=64,
+    parser_poll_seconds=0.01,
+    idle_seconds=0.01,
+    chunk_batch_size=4,
+    embed_batch_size=4,
+)
+
+
+@pytest.fixture
+async def pipeline(
+    clean_pipeline_database: Database, tmp_path: Path
+) -> AsyncIterator[ReferencePipeline]:
+    """The reference pipeline on in-process fakes, with small batches."""
+    async with ReferencePipeline.with_fakes(
+        clean_pipeline_database, storage_root=tmp_path / "blobs", config=TEST_CONFIG
+    ) as built:
+        yield built

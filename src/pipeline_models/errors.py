@@ -58,6 +58,13 @@ class DocumentRejectedError(PipelineModelsError):
     """The document itself is unusable (type, size, empty, undecodable): never retried."""
 
 
+class InconsistentStateError(PipelineModelsError):
+    """The job's rows contradict each other (a plan and its buffer disagree, say).
+
+    Never retried and never papered over: the job is dead-lettered with the discrepancy.
+    """
+
+
 class LeaseLostError(PipelineModelsError):
     """The worker no longer owns the job (lease expired and moved, or the job changed).
 
@@ -75,6 +82,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "DocumentRejectedError",
     "EmbeddedPostgresError",
+    "InconsistentStateError",
     "LeaseLostError",
     "PermanentServiceError",
     "PipelineModelsError",

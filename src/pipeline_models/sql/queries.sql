@@ -12,18 +12,18 @@
 -- $1 owner text, $2 now timestamptz, $3 lease_expires_at timestamptz, $4 retry_limit int
 WITH candidate AS (
     SELECT job_id, state AS previous_state, owner AS previous_owner,
-           (state = 'working' AND retry_count >= $4) AS exhausted
+           (state = 'working' AND retry_count >= $4::int) AS exhausted
     FROM upload_jobs
-    WHERE (state IN ('queued', 'retryable') AND next_attempt_at <= $2)
-       OR (state = 'working' AND lease_expires_at <= $2)
+    WHERE (state IN ('queued', 'retryable') AND next_attempt_at <= $2::timestamptz)
+       OR (state = 'working' AND lease_expires_at <= $2::timestamptz)
     ORDER BY next_attempt_at, job_id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
 UPDATE upload_jobs AS job
 SET state = CASE WHEN candidate.exhausted THEN 'deadletter' ELSE 'working' END,
-    owner = CASE WHEN candidate.exhausted THEN NULL ELSE $1 END,
-    lease_expires_at = CASE WHEN candidate.exhausted THEN NULL ELSE $3 END,
+    owner = CASE WHEN candidate.exhausted THEN NULL ELSE $1::text END,
+    lease_expires_at = CASE WHEN candidate.exhausted THEN NULL ELSE $3::timestamptz END,
     retry_count = job.retry_count
         + CASE WHEN candidate.previous_state = 'working' AND NOT candidate.exhausted THEN 1 ELSE 0 END,
     last_error = CASE
@@ -165,6 +165,13 @@ ON CONFLICT DO NOTHING;
 UPDATE upload_jobs
 SET chunks_done = $2, chunk_cursor = $3, updated_at = $4
 WHERE job_id = $1;
+
+
+-- name: count_buffered_chunks
+-- $1 document_id uuid, $2 chunker_name text, $3 chunker_version text
+SELECT count(*)
+FROM document_chunk_buffer
+WHERE document_id = $1 AND chunker_name = $2 AND chunker_version = $3;
 
 
 -- name: chunks_to_embed

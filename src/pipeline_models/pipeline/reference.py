@@ -1,0 +1,213 @@
+"""The reference pipeline assembled: database, blob storage, services, clock and settings.
+
+With fakes (the default) the parser and embeddings services are in-process ASGI apps
+reached through ``httpx.ASGITransport``; ``over_http`` points the same clients at served
+fakes or real endpoints.
+
+>>> pipeline = ReferencePipeline.with_fakes(database, storage_root=tmp)   # doctest: +SKIP
+>>> async with pipeline.worker() as worker:                              # doctest: +SKIP
+...     await worker.run_once()
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import httpx2
+import openai
+from starlette.applications import Starlette
+
+from pipeline_models.clock import Clock, SystemClock
+from pipeline_models.database import Database
+from pipeline_models.documents import Document
+from pipeline_models.fakes import (
+    FaultPlan,
+    create_embeddings_app,
+    create_parser_app,
+    openai_http_client,
+    parser_http_client,
+)
+from pipeline_models.pipeline.circuit import CircuitBreaker
+from pipeline_models.pipeline.config import WorkerConfig
+from pipeline_models.pipeline.services import EmbeddingsClient, ParserClient, Services
+from pipeline_models.pipeline.storage import BlobStorage, LocalDirectoryStorage
+from pipeline_models.pipeline.uploads import Upload, enqueue_upload
+from pipeline_models.pipeline.worker import BaseWorker, default_breakers
+
+FAKE_API_KEY = "fake-key-for-tests"
+SERVICE_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
+
+@dataclass
+class Fakes:
+    """The in-process fake services, to inspect and to put fault plans on."""
+
+    parser_app: Starlette
+    embeddings_app: Starlette
+
+    @property
+    def parser(self) -> Any:
+        return self.parser_app.state.fake
+
+    @property
+    def embeddings(self) -> Any:
+        return self.embeddings_app.state.fake
+
+
+class ReferencePipeline:
+    """Everything a worker needs, built once and shared by all of its workers."""
+
+    def __init__(
+        self,
+        database: Database,
+        storage: BlobStorage,
+        services: Services,
+        *,
+        clock: Clock | None = None,
+        config: WorkerConfig | None = None,
+        fakes: Fakes | None = None,
+    ) -> None:
+        self.database = database
+        self.storage = storage
+        self.services = services
+        self.clock = clock or SystemClock()
+        self.config = config or WorkerConfig()
+        self.fakes = fakes
+        # Shared by every worker of this pipeline, as they would be in one process.
+        self.breakers: dict[str, CircuitBreaker] = default_breakers(self.clock, self.config)
+
+    @classmethod
+    def with_fakes(
+        cls,
+        database: Database,
+        *,
+        storage_root: str | os.PathLike[str],
+        clock: Clock | None = None,
+        config: WorkerConfig | None = None,
+        parser_faults: FaultPlan | None = None,
+        embeddings_faults: FaultPlan | None = None,
+        pending_polls: int = 0,
+    ) -> ReferencePipeline:
+        """The pipeline against in-process fakes (no sockets, deterministic)."""
+        config = config or WorkerConfig()
+        fakes = Fakes(
+            create_parser_app(
+                faults=parser_faults, pending_polls=pending_polls, api_key=FAKE_API_KEY
+            ),
+            create_embeddings_app(faults=embeddings_faults, api_key=FAKE_API_KEY),
+        )
+        parser_http = parser_http_client(
+            fakes.parser_app, base_url="http://parser.fake", timeout=SERVICE_TIMEOUT
+        )
+        embeddings_http = openai_http_client(
+            fakes.embeddings_app, base_url="http://embeddings.fake", timeout=30.0
+        )
+        services = _services(
+            config,
+            parser_http=parser_http,
+            parser_key=FAKE_API_KEY,
+            embeddings_http=embeddings_http,
+            embeddings_url="http://embeddings.fake/v1",
+            embeddings_key=FAKE_API_KEY,
+        )
+        return cls(
+            database,
+            LocalDirectoryStorage(storage_root),
+            services,
+            clock=clock,
+            config=config,
+            fakes=fakes,
+        )
+
+    @classmethod
+    def over_http(
+        cls,
+        database: Database,
+        *,
+        storage_root: str | os.PathLike[str],
+        parser_url: str,
+        embeddings_url: str,
+        parser_key: str | None = FAKE_API_KEY,
+        embeddings_key: str = FAKE_API_KEY,
+        clock: Clock | None = None,
+        config: WorkerConfig | None = None,
+    ) -> ReferencePipeline:
+        """The pipeline against services reached over the network (served fakes or real)."""
+        config = config or WorkerConfig()
+        services = _services(
+            config,
+            parser_http=httpx.AsyncClient(base_url=parser_url, timeout=SERVICE_TIMEOUT),
+            parser_key=parser_key,
+            embeddings_http=httpx2.AsyncClient(timeout=30.0),
+            embeddings_url=embeddings_url.rstrip("/") + "/v1",
+            embeddings_key=embeddings_key,
+        )
+        return cls(
+            database, LocalDirectoryStorage(storage_root), services, clock=clock, config=config
+        )
+
+    def worker(self, *, name: str | None = None, **options: Any) -> BaseWorker:
+        """A new worker of this pipeline (start it with ``async with``)."""
+        options.setdefault("breakers", self.breakers)
+        return BaseWorker(
+            self.database,
+            services=self.services,
+            storage=self.storage,
+            clock=self.clock,
+            config=self.config,
+            name=name,
+            **options,
+        )
+
+    async def upload(
+        self, connection: asyncpg.Connection, *, user_id: uuid.UUID, document: Document
+    ) -> Upload:
+        """Accept ``document`` from ``user_id`` as the upload API does."""
+        return await enqueue_upload(
+            connection,
+            self.storage,
+            self.clock,
+            user_id=user_id,
+            filename=document.filename,
+            declared_type=document.content_type,
+            data=document.data,
+        )
+
+    async def aclose(self) -> None:
+        await self.services.aclose()
+
+    async def __aenter__(self) -> ReferencePipeline:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _services(
+    config: WorkerConfig,
+    *,
+    parser_http: httpx.AsyncClient,
+    parser_key: str | None,
+    embeddings_http: httpx2.AsyncClient,
+    embeddings_url: str,
+    embeddings_key: str,
+) -> Services:
+    sdk = openai.AsyncOpenAI(
+        api_key=embeddings_key,
+        base_url=embeddings_url,
+        http_client=embeddings_http,
+        # Retrying is the pipeline's job: on its clock, counted in the database.
+        max_retries=0,
+    )
+    return Services(
+        ParserClient(parser_http, api_key=parser_key),
+        EmbeddingsClient(sdk, model=config.embed_model, dimensions=config.embed_dimensions),
+    )
+
+
+__all__ = ["FAKE_API_KEY", "Fakes", "ReferencePipeline"]

@@ -1,0 +1,233 @@
+"""Clients of the external services, turning every failure into a classified ServiceError.
+
+The parser client speaks a LlamaParse-compatible REST subset over httpx. The embeddings
+client is the official ``openai`` SDK (retries off: retrying is the pipeline's job, on its
+own clock, recorded in the database). Both take their HTTP client from the caller, so the
+same code talks to in-process fakes (``httpx.ASGITransport``) or to real endpoints.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+import httpx
+import openai
+
+from pipeline_models.errors import PermanentServiceError, ServiceError, TransientServiceError
+
+PARSER = "parser"
+EMBEDDINGS = "embeddings"
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Parse a Retry-After header: delta-seconds or an HTTP date. None if absent or bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def _status_error(
+    service: str, response_status: int, body: str, retry_after: float | None
+) -> ServiceError:
+    detail = body.strip().replace("\n", " ")[:300]
+    message = f"HTTP {response_status}: {detail}" if detail else f"HTTP {response_status}"
+    if response_status in (408, 409, 425, 429) or response_status >= 500:
+        return TransientServiceError(
+            service, message, status=response_status, retry_after=retry_after
+        )
+    return PermanentServiceError(service, message, status=response_status)
+
+
+@dataclass(frozen=True)
+class ParserJobStatus:
+    job_id: str
+    status: str  # PENDING, SUCCESS, ERROR
+    error: str | None = None
+    pages: int | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.status not in ("SUCCESS", "ERROR", "CANCELED")
+
+
+class ParserClient:
+    """A LlamaParse v1 subset: upload a file, poll its job, stream the markdown result."""
+
+    def __init__(
+        self, http: httpx.AsyncClient, *, api_key: str | None = None, webhook_url: str | None = None
+    ) -> None:
+        self.http = http
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.webhook_url = webhook_url
+
+    async def _request(self, method: str, path: str, **options: object) -> httpx.Response:
+        try:
+            response = await self.http.request(method, path, headers=self._headers, **options)  # type: ignore[arg-type]
+        except httpx.TimeoutException as error:
+            raise TransientServiceError(PARSER, f"timed out: {type(error).__name__}") from error
+        except httpx.TransportError as error:
+            raise TransientServiceError(PARSER, f"connection failed: {error!r}") from error
+        if response.status_code >= 400:
+            raise _status_error(
+                PARSER,
+                response.status_code,
+                response.text,
+                retry_after_seconds(response.headers.get("retry-after")),
+            )
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response, *fields: str) -> dict[str, object]:
+        try:
+            payload = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise TransientServiceError(PARSER, f"malformed response body: {error}") from None
+        if not isinstance(payload, dict) or any(f not in payload for f in fields):
+            raise TransientServiceError(
+                PARSER, f"malformed response: expected fields {fields}, got {str(payload)[:200]}"
+            )
+        return payload
+
+    async def submit(self, filename: str, content: BinaryIO, content_type: str) -> str:
+        """Upload a file for parsing; the parser's job id."""
+        data = {"webhook_url": self.webhook_url} if self.webhook_url else {}
+        response = await self._request(
+            "POST",
+            "/api/v1/parsing/upload",
+            files={"file": (filename, content, content_type)},
+            data=data,
+        )
+        return str(self._json(response, "id")["id"])
+
+    async def status(self, parser_job_id: str) -> ParserJobStatus:
+        response = await self._request("GET", f"/api/v1/parsing/job/{parser_job_id}")
+        payload = self._json(response, "status")
+        pages = payload.get("num_pages")
+        return ParserJobStatus(
+            job_id=parser_job_id,
+            status=str(payload["status"]),
+            error=str(payload["error_message"]) if payload.get("error_message") else None,
+            pages=pages if isinstance(pages, int) else None,
+        )
+
+    async def download_markdown(self, parser_job_id: str, out: BinaryIO) -> int:
+        """Stream the markdown result into ``out``; the number of bytes written."""
+        path = f"/api/v1/parsing/job/{parser_job_id}/result/raw/markdown"
+        written = 0
+        try:
+            async with self.http.stream("GET", path, headers=self._headers) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise _status_error(
+                        PARSER,
+                        response.status_code,
+                        response.text,
+                        retry_after_seconds(response.headers.get("retry-after")),
+                    )
+                async for piece in response.aiter_bytes(1 << 16):
+                    out.write(piece)
+                    written += len(piece)
+        except httpx.TimeoutException as error:
+            raise TransientServiceError(PARSER, f"timed out: {type(error).__name__}") from error
+        except httpx.TransportError as error:
+            raise TransientServiceError(PARSER, f"connection failed: {error!r}") from error
+        return written
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: list[list[float]]
+    tokens: int
+
+
+class EmbeddingsClient:
+    """Embeddings through the official openai SDK, with the answer checked before use."""
+
+    def __init__(self, client: openai.AsyncOpenAI, *, model: str, dimensions: int) -> None:
+        self.client = client
+        self.model = model
+        self.dimensions = dimensions
+
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
+        try:
+            response = await self.client.embeddings.create(
+                model=self.model,
+                input=list(texts),
+                dimensions=self.dimensions,
+                encoding_format="float",
+            )
+        except openai.APIStatusError as error:
+            raise _status_error(
+                EMBEDDINGS,
+                error.status_code,
+                str(error.message),
+                retry_after_seconds(error.response.headers.get("retry-after")),
+            ) from error
+        except openai.APITimeoutError as error:
+            raise TransientServiceError(EMBEDDINGS, "timed out") from error
+        except openai.APIConnectionError as error:
+            raise TransientServiceError(EMBEDDINGS, f"connection failed: {error}") from error
+        except (openai.APIError, ValueError, TypeError, KeyError) as error:
+            # The SDK could not make sense of the body (malformed JSON, wrong shape).
+            raise TransientServiceError(
+                EMBEDDINGS, f"malformed response: {type(error).__name__}: {error}"
+            ) from error
+        data = sorted(response.data, key=lambda item: item.index)
+        if len(data) != len(texts) or [item.index for item in data] != list(range(len(texts))):
+            raise TransientServiceError(
+                EMBEDDINGS,
+                f"asked for {len(texts)} embeddings, got indexes {[d.index for d in data]}",
+            )
+        vectors = []
+        for item in data:
+            vector = item.embedding
+            if not isinstance(vector, list) or len(vector) != self.dimensions:
+                got = len(vector) if isinstance(vector, list) else type(vector).__name__
+                raise TransientServiceError(
+                    EMBEDDINGS,
+                    f"wrong vector dimension for input {item.index}: expected "
+                    f"{self.dimensions}, got {got}",
+                )
+            vectors.append(vector)
+        tokens = response.usage.total_tokens if response.usage else 0
+        return Embeddings(vectors, tokens)
+
+
+@dataclass
+class Services:
+    """The external services one pipeline talks to."""
+
+    parser: ParserClient
+    embeddings: EmbeddingsClient
+
+    async def aclose(self) -> None:
+        await self.parser.http.aclose()
+        await self.embeddings.client.close()
+
+
+__all__ = [
+    "EMBEDDINGS",
+    "PARSER",
+    "Embeddings",
+    "EmbeddingsClient",
+    "ParserClient",
+    "ParserJobStatus",
+    "Services",
+    "retry_after_seconds",
+]

@@ -1,0 +1,98 @@
+"""The pytest plugin (entry point ``pytest11``): options and default fixtures only.
+
+Every option exists as a ``--pipeline-*`` flag and an ini key; the flag wins, then the
+ini key, then the environment (``DATABASE_URL``), then the embedded Postgres. Importing
+this module is cheap: the database machinery is imported when a fixture first runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from pipeline_models.database import Database
+
+_OPTIONS = {
+    "database_url": (
+        "Postgres URL for the pipeline's tables (default: DATABASE_URL, else an embedded "
+        "throwaway server)"
+    ),
+    "schema": "schema holding the pipeline's tables (default: upload_pipeline)",
+}
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    database_url: str | None
+    schema: str
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pipeline-models", "model-checking Postgres pipelines")
+    for name, help_text in _OPTIONS.items():
+        flag = "--pipeline-" + name.replace("_", "-")
+        group.addoption(flag, dest=f"pipeline_{name}", default=None, help=help_text)
+        parser.addini(f"pipeline_{name}", help_text, default="")
+
+
+def pipeline_settings(config: pytest.Config) -> PipelineSettings:
+    """The plugin's settings, resolved from flags, ini keys and the environment."""
+
+    def value(name: str) -> str | None:
+        flag = config.getoption(f"pipeline_{name}")
+        ini = config.getini(f"pipeline_{name}")
+        return str(flag or ini or "") or None
+
+    return PipelineSettings(
+        database_url=value("database_url") or os.environ.get("DATABASE_URL") or None,
+        schema=value("schema") or "upload_pipeline",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    settings = pipeline_settings(config)
+    if settings.database_url is None:
+        where = "embedded Postgres (no DATABASE_URL)"
+    else:
+        from pipeline_models.database import redact
+
+        where = redact(settings.database_url)
+    return f"pipeline-models: database {where}, schema {settings.schema}"
+
+
+@pytest.fixture(scope="session")
+def pipeline_database(pytestconfig: pytest.Config) -> Iterator[Database]:
+    """The session's database with the pipeline schema applied (embedded unless configured).
+
+    The embedded server is stopped when the session ends, whatever way it ends.
+    """
+    from pipeline_models.database import Database
+
+    settings = pipeline_settings(pytestconfig)
+    database = Database.from_environment(settings.database_url, schema=settings.schema)
+    try:
+        asyncio.run(database.ensure_schema())
+        yield database
+    finally:
+        database.close()
+
+
+@pytest.fixture
+def clean_pipeline_database(pipeline_database: Database) -> Database:
+    """The session's database, emptied before the test."""
+
+    async def reset() -> None:
+        connection = await pipeline_database.connect()
+        try:
+            await pipeline_database.reset(connection)
+        finally:
+            await connection.close()
+
+    asyncio.run(reset())
+    return pipeline_database
