@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
+from pipeline_models.clock import ManualClock
 from pipeline_models.database import Database
 from pipeline_models.pipeline.config import WorkerConfig
 from pipeline_models.pipeline.reference import ReferencePipeline
@@ -37,12 +39,36 @@ TEST_CONFIG = WorkerConfig(
 )
 
 
+PipelineFactory = Callable[..., ReferencePipeline]
+
+
 @pytest.fixture
-async def pipeline(
-    clean_pipeline_database: Database, tmp_path: Path
-) -> AsyncIterator[ReferencePipeline]:
-    """The reference pipeline on in-process fakes, with small batches."""
-    async with ReferencePipeline.with_fakes(
-        clean_pipeline_database, storage_root=tmp_path / "blobs", config=TEST_CONFIG
-    ) as built:
-        yield built
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def make_pipeline(
+    clean_pipeline_database: Database, tmp_path: Path, clock: ManualClock
+) -> AsyncIterator[PipelineFactory]:
+    """Build reference pipelines on in-process fakes (manual clock, small batches)."""
+    built: list[ReferencePipeline] = []
+
+    def make(**options: Any) -> ReferencePipeline:
+        options.setdefault("config", TEST_CONFIG)
+        options.setdefault("clock", clock)
+        pipeline = ReferencePipeline.with_fakes(
+            clean_pipeline_database, storage_root=tmp_path / "blobs", **options
+        )
+        built.append(pipeline)
+        return pipeline
+
+    yield make
+    for pipeline in built:
+        await pipeline.aclose()
+
+
+@pytest.fixture
+def pipeline(make_pipeline: PipelineFactory) -> ReferencePipeline:
+    """The reference pipeline on healthy in-process fakes, with a manual clock."""
+    return make_pipeline()

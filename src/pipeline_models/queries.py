@@ -41,7 +41,8 @@ class Queries(Mapping[str, Query]):
         for match, following in zip(matches, [*matches[1:], None], strict=True):
             end = following.start() if following else len(text)
             body = text[match.end() : end].strip("\n")
-            doc_lines, sql_lines = [], []
+            doc_lines: list[str] = []
+            sql_lines: list[str] = []
             for line in body.splitlines():
                 if not sql_lines and line.startswith("--"):
                     doc_lines.append(line.removeprefix("--").strip())

@@ -135,11 +135,13 @@ Index(
 Index(
     "upload_jobs_due",
     upload_jobs.c.next_attempt_at,
+    upload_jobs.c.job_id,
     postgresql_where=text(_one_of("state", ["queued", "retryable"])),
 )
 Index(
     "upload_jobs_leases",
     upload_jobs.c.lease_expires_at,
+    upload_jobs.c.job_id,
     postgresql_where=text("state = 'working'"),
 )
 Index("upload_jobs_by_user", upload_jobs.c.user_id)
@@ -252,7 +254,7 @@ def ddl_statements() -> list[str]:
     Compiled with SQLAlchemy's asyncpg dialect. :mod:`pipeline_models.database` runs it
     with ``search_path`` set to the target schema, so one declaration serves any schema.
     """
-    dialect = asyncpg_dialect()
+    dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
     statements: list[str] = []
     for table in metadata.sorted_tables:
         statements.append(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))

@@ -6,6 +6,7 @@ is taken in one REPEATABLE READ transaction, so every table is seen at the same 
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -88,7 +89,7 @@ class Snapshot:
 
 
 def _fields(cls: type, record: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: record[name] for name in cls.__dataclass_fields__ if name in record}
+    return {f.name: record[f.name] for f in dataclasses.fields(cls) if f.name in record}
 
 
 async def take_snapshot(connection: asyncpg.Connection) -> Snapshot:

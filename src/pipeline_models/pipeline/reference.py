@@ -11,8 +11,10 @@ fakes or real endpoints.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,7 @@ import httpx2
 import openai
 from starlette.applications import Starlette
 
-from pipeline_models.clock import Clock, SystemClock
+from pipeline_models.clock import Clock, ManualClock, SystemClock
 from pipeline_models.database import Database
 from pipeline_models.documents import Document
 from pipeline_models.fakes import (
@@ -37,7 +39,8 @@ from pipeline_models.pipeline.config import WorkerConfig
 from pipeline_models.pipeline.services import EmbeddingsClient, ParserClient, Services
 from pipeline_models.pipeline.storage import BlobStorage, LocalDirectoryStorage
 from pipeline_models.pipeline.uploads import Upload, enqueue_upload
-from pipeline_models.pipeline.worker import BaseWorker, default_breakers
+from pipeline_models.pipeline.worker import BaseWorker, StepAction, StepResult, default_breakers
+from pipeline_models.queries import QUERIES
 
 FAKE_API_KEY = "fake-key-for-tests"
 SERVICE_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -137,14 +140,17 @@ class ReferencePipeline:
         clock: Clock | None = None,
         config: WorkerConfig | None = None,
     ) -> ReferencePipeline:
-        """The pipeline against services reached over the network (served fakes or real)."""
+        """The pipeline against services reached over the network (served fakes or real).
+
+        ``embeddings_url`` is the OpenAI-style base URL, ending in ``/v1``.
+        """
         config = config or WorkerConfig()
         services = _services(
             config,
             parser_http=httpx.AsyncClient(base_url=parser_url, timeout=SERVICE_TIMEOUT),
             parser_key=parser_key,
             embeddings_http=httpx2.AsyncClient(timeout=30.0),
-            embeddings_url=embeddings_url.rstrip("/") + "/v1",
+            embeddings_url=embeddings_url,
             embeddings_key=embeddings_key,
         )
         return cls(
@@ -163,6 +169,69 @@ class ReferencePipeline:
             name=name,
             **options,
         )
+
+    async def run_workers(
+        self, count: int, *, timeout: float = 120.0, poll_seconds: float = 0.02
+    ) -> list[BaseWorker]:
+        """Run ``count`` workers concurrently until no job is live, then stop them.
+
+        Each worker is a named asyncio task with its own connection. Raises
+        :class:`TimeoutError` (naming the live jobs left) if ``timeout`` passes first.
+        """
+        workers = [self.worker(name=f"worker-{index + 1}") for index in range(count)]
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(w.run(stop), name=w.name) for w in workers]
+        monitor = await self.database.connect(application_name="pipeline-models monitor")
+        try:
+            async with asyncio.timeout(timeout):
+                while await monitor.fetchval(QUERIES["count_live_jobs"].sql):
+                    await asyncio.sleep(poll_seconds)
+                    for task in tasks:
+                        if task.done():
+                            task.result()  # a worker that died raises here
+        except TimeoutError:
+            live = await monitor.fetchval(QUERIES["count_live_jobs"].sql)
+            raise TimeoutError(f"{live} jobs still live after {timeout:g} s") from None
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for worker in workers:
+                await worker.close()
+            await monitor.close()
+        return workers
+
+    async def drain(
+        self, workers: Sequence[BaseWorker], *, max_rounds: int = 10_000
+    ) -> list[StepResult]:
+        """Step the workers in turn, deterministically, until no job is live.
+
+        When every worker is idle the clock moves to the next due time (a ManualClock
+        jumps; a real clock is waited for). Returns every non-idle step's result;
+        raises :class:`AssertionError` if jobs are still live after ``max_rounds``.
+        """
+        results: list[StepResult] = []
+        monitor = await self.database.connect(application_name="pipeline-models drain")
+        try:
+            for _ in range(max_rounds):
+                progressed = False
+                for worker in workers:
+                    result = await worker.run_once()
+                    if result.action is not StepAction.IDLE:
+                        results.append(result)
+                        progressed = True
+                if progressed:
+                    continue
+                if not await monitor.fetchval(QUERIES["count_live_jobs"].sql):
+                    return results
+                due = await monitor.fetchval(QUERIES["next_due_at"].sql)
+                if due is not None and due > self.clock.now():
+                    if isinstance(self.clock, ManualClock):
+                        self.clock.set(due)
+                    else:
+                        await self.clock.sleep((due - self.clock.now()).total_seconds())
+        finally:
+            await monitor.close()
+        raise AssertionError(f"jobs still live after {max_rounds} rounds; last: {results[-5:]}")
 
     async def upload(
         self, connection: asyncpg.Connection, *, user_id: uuid.UUID, document: Document

@@ -8,6 +8,7 @@ same code talks to in-process fakes (``httpx.ASGITransport``) or to real endpoin
 
 from __future__ import annotations
 
+import codecs
 import email.utils
 import json
 from collections.abc import Sequence
@@ -130,6 +131,9 @@ class ParserClient:
         """Stream the markdown result into ``out``; the number of bytes written."""
         path = f"/api/v1/parsing/job/{parser_job_id}/result/raw/markdown"
         written = 0
+        # Decoding as we go catches a garbled body here, as the service's transient fault
+        # it is, rather than later as a "bad document" that would be dead-lettered.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
         try:
             async with self.http.stream("GET", path, headers=self._headers) as response:
                 if response.status_code >= 400:
@@ -141,8 +145,14 @@ class ParserClient:
                         retry_after_seconds(response.headers.get("retry-after")),
                     )
                 async for piece in response.aiter_bytes(1 << 16):
+                    decoder.decode(piece)
                     out.write(piece)
                     written += len(piece)
+                decoder.decode(b"", final=True)
+        except UnicodeDecodeError as error:
+            raise TransientServiceError(
+                PARSER, f"malformed result: not valid UTF-8 at byte {written + error.start}"
+            ) from None
         except httpx.TimeoutException as error:
             raise TransientServiceError(PARSER, f"timed out: {type(error).__name__}") from error
         except httpx.TransportError as error:
@@ -166,11 +176,10 @@ class EmbeddingsClient:
 
     async def embed(self, texts: Sequence[str]) -> Embeddings:
         try:
+            # No encoding_format: the SDK then asks for base64 and decodes it itself, which
+            # is several times cheaper than building a model over a list of floats.
             response = await self.client.embeddings.create(
-                model=self.model,
-                input=list(texts),
-                dimensions=self.dimensions,
-                encoding_format="float",
+                model=self.model, input=list(texts), dimensions=self.dimensions
             )
         except openai.APIStatusError as error:
             raise _status_error(

@@ -235,7 +235,7 @@ async def embed_batch(step: Step) -> StepResult:
         raise InconsistentStateError(
             f"no buffered chunks from ordinal {job.embeddings_done} on, {total} planned"
         )
-    texts = [row["text"] for row in rows]
+    texts = [str(row["text"]) for row in rows]
     embeddings = await step.call(EMBEDDINGS, lambda: step.services.embeddings.embed(texts))
     done = job.embeddings_done + len(rows)
     async with step.commit() as connection:

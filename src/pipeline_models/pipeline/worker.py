@@ -32,7 +32,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import asyncpg
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
 
 from pipeline_models.clock import Clock, SystemClock
 from pipeline_models.database import Database
@@ -525,7 +525,7 @@ class BaseWorker:
             await self.close()
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(DatabaseConfigurationError),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            wait=wait_exponential(multiplier=0.1, max=5.0) + wait_random(0, 0.1),
             reraise=True,
         ):
             with attempt:
@@ -547,6 +547,11 @@ class BaseWorker:
             database = {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
         except Exception as error:
             database = {"ok": False, "error": describe(error)}
+        jobs: dict[str, int] = {}
+        if database["ok"]:
+            async with self.connection_lock:
+                for row in await self.db.fetch(self.queries["job_counts"].sql):
+                    jobs[f"{row['stage']}/{row['state']}"] = row["jobs"]
         storage = self.storage.health()
         services = {name: breaker.snapshot() for name, breaker in sorted(self.breakers.items())}
         healthy = (
@@ -561,6 +566,7 @@ class BaseWorker:
             "storage": storage,
             "services": services,
             "current_job": str(self.current_job.job_id) if self.current_job else None,
+            "jobs": dict(sorted(jobs.items())),
             "steps": dict(sorted(self.stats.items())),
         }
 

@@ -6,19 +6,35 @@
 
 
 -- name: claim_job
--- Lease one due job, or one whose lease has expired, skipping rows other workers hold.
+-- Lease one job, skipping rows other workers hold: a job whose lease expired first (so
+-- a stuck job is never starved by a busy queue), else the job due longest.
 -- Reclaiming an expired lease counts as a failed attempt; past the retry limit the job is
 -- dead-lettered instead of claimed (so a job that kills its worker cannot loop forever).
+-- Each branch walks its own partial index; the second runs only if the first is empty.
 -- $1 owner text, $2 now timestamptz, $3 lease_expires_at timestamptz, $4 retry_limit int
-WITH candidate AS (
+WITH expired AS (
     SELECT job_id, state AS previous_state, owner AS previous_owner,
-           (state = 'working' AND retry_count >= $4::int) AS exhausted
+           retry_count >= $4::int AS exhausted
     FROM upload_jobs
-    WHERE (state IN ('queued', 'retryable') AND next_attempt_at <= $2::timestamptz)
-       OR (state = 'working' AND lease_expires_at <= $2::timestamptz)
+    WHERE state = 'working' AND lease_expires_at <= $2::timestamptz
+    ORDER BY lease_expires_at, job_id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+),
+due AS (
+    SELECT job_id, state AS previous_state, owner AS previous_owner, false AS exhausted
+    FROM upload_jobs
+    WHERE state IN ('queued', 'retryable') AND next_attempt_at <= $2::timestamptz
     ORDER BY next_attempt_at, job_id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
+),
+candidate AS (
+    -- CTEs run on demand: "due" is read (and locks) only when nothing expired.
+    SELECT * FROM expired
+    UNION ALL
+    SELECT * FROM due
+    LIMIT 1
 )
 UPDATE upload_jobs AS job
 SET state = CASE WHEN candidate.exhausted THEN 'deadletter' ELSE 'working' END,
@@ -280,15 +296,26 @@ ORDER BY job.created_at DESC
 LIMIT 1;
 
 
+-- name: count_live_jobs
+-- Jobs that are not finished (queued, working or waiting for a retry).
+SELECT count(*) FROM upload_jobs WHERE state IN ('queued', 'working', 'retryable');
+
+
+-- name: next_due_at
+-- When the next live job becomes claimable (its due time, or its lease's expiry).
+SELECT min(CASE WHEN state = 'working' THEN lease_expires_at ELSE next_attempt_at END)
+FROM upload_jobs
+WHERE state IN ('queued', 'working', 'retryable');
+
+
 -- name: job_counts
 -- Jobs by stage and state, for health and the demo's table.
 SELECT stage, state, count(*) AS jobs FROM upload_jobs GROUP BY stage, state;
 
 
 -- name: stage_timings
--- Seconds spent per stage, from the pipeline's own log.
+-- Steps and seconds per stage (claim to commit), from the pipeline's own log.
 SELECT stage, count(*) AS steps, sum((detail ->> 'seconds')::float8) AS seconds,
        max((detail ->> 'seconds')::float8) AS slowest
 FROM events
-WHERE action IN ('stage_completed', 'batch_completed', 'parser_pending')
 GROUP BY stage;

@@ -1,0 +1,85 @@
+"""The ``pipeline-models`` command."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pipeline_models import __version__
+from pipeline_models.errors import PipelineModelsError
+from pipeline_models.logs import configure_logging
+
+_DATABASE_URL = click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    default=None,
+    show_envvar=True,
+    help="Postgres to use; without it an embedded throwaway server is started and stopped.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pipeline-models")
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.option("--log-json", is_flag=True, help="Logs as JSON lines on stderr.")
+def main(log_level: str, log_json: bool) -> None:
+    """Model-check Postgres-backed document pipelines with Hypothesis."""
+    configure_logging(level=log_level, json_lines=log_json)
+
+
+@main.command()
+@_DATABASE_URL
+@click.option("-n", "--documents", default=20, show_default=True, type=click.IntRange(1))
+@click.option("-w", "--workers", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, help="Seed of the sample corpus.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds before giving up.")
+def demo(database_url: str | None, documents: int, workers: int, seed: int, timeout: float) -> None:
+    """Run the reference pipeline on sample documents and verify every ending.
+
+    Exits 0 only if every document ended as the model predicts: done with exactly the
+    expected chunks and vectors, or dead-lettered with last_error for unusable input.
+    """
+    from pipeline_models import demo as demo_module
+
+    try:
+        report = demo_module.main(
+            database_url=database_url,
+            documents=documents,
+            workers=workers,
+            seed=seed,
+            timeout=timeout,
+        )
+    except (PipelineModelsError, TimeoutError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(report.render())
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command("serve-fakes")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--parser-port", default=8001, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--embeddings-port", default=8002, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--pending-polls", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--api-key", default=None, help="Require this bearer token on both fakes.")
+def serve_fakes(
+    host: str, parser_port: int, embeddings_port: int, pending_polls: int, api_key: str | None
+) -> None:
+    """Serve the fake parser and embeddings services on loopback until Ctrl-C or SIGTERM."""
+    from pipeline_models.fakes.serve import run_fakes
+
+    run_fakes(
+        host=host,
+        parser_port=parser_port,
+        embeddings_port=embeddings_port,
+        pending_polls=pending_polls,
+        api_key=api_key,
+    )
+
+
+__all__ = ["main"]
