@@ -83,3 +83,7 @@ def serve_fakes(
 
 
 __all__ = ["main"]
+
+
+if __name__ == "__main__":
+    main()

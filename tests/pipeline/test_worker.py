@@ -500,3 +500,24 @@ async def test_a_running_worker_reconnects_when_its_connection_is_killed(
     assert killed.is_set()
     assert target.stats["database_errors"] >= 1
     await assert_ended_as_predicted(db, pipeline, accepted)
+
+
+async def test_an_expired_lease_is_reclaimed_before_due_jobs_so_it_cannot_starve(
+    pipeline: ReferencePipeline, db: asyncpg.Connection, clock: ManualClock
+) -> None:
+    stuck = await pipeline.upload(db, user_id=ALICE, document=markdown_document("# Stuck"))
+    pauser = Pauser("lost", Checkpoint.CLAIMED, Stage.QUEUED)
+    lost, rescuer = await started(
+        pipeline.worker(name="lost", checkpoints=pauser), pipeline.worker(name="rescuer")
+    )
+    parked = asyncio.create_task(lost.run_once())
+    await pauser.reached.wait()
+    for index in range(3):  # a queue that always has due work
+        await pipeline.upload(db, user_id=ALICE, document=markdown_document(f"# Due {index}"))
+    clock.advance(pipeline.config.lease_seconds)
+    result = await rescuer.run_once()
+    assert result.job_id == stuck.job_id
+    pauser.release.set()
+    assert (await parked).action is StepAction.LEASE_LOST
+    for worker in (lost, rescuer):
+        await worker.close()
