@@ -521,3 +521,63 @@ async def test_an_expired_lease_is_reclaimed_before_due_jobs_so_it_cannot_starve
     assert (await parked).action is StepAction.LEASE_LOST
     for worker in (lost, rescuer):
         await worker.close()
+
+
+async def test_a_job_that_kills_every_worker_is_dead_lettered_after_the_retry_limit(
+    pipeline: ReferencePipeline, db: asyncpg.Connection, clock: ManualClock
+) -> None:
+    await upload_all(pipeline, db, [markdown_document("# Poison\n\npill")])
+    killer = await pipeline.database.connect()
+
+    async def crash_on_parse(worker: str, checkpoint: Checkpoint, job: ClaimedJob | None) -> None:
+        if checkpoint is Checkpoint.CLAIMED and job and job.stage is Stage.PARSING:
+            victim = workers[worker]
+            await killer.execute("SELECT pg_terminate_backend($1)", await victim.backend_pid())
+
+    workers: dict[str, BaseWorker] = {}
+    limit = pipeline.config.retry.limit
+    for attempt in range(limit + 1):
+        worker = pipeline.worker(name=f"victim-{attempt}", checkpoints=crash_on_parse)
+        workers[worker.name] = worker
+        await worker.start()
+        with pytest.raises(DatabaseUnavailableError):
+            await run_until_crash(worker)
+        job = await job_row(db)
+        assert (job["state"], job["retry_count"]) == ("working", attempt)
+        clock.advance(pipeline.config.lease_seconds)
+    (last,) = await started(pipeline.worker(name="undertaker"))
+    result = await last.run_once()
+    assert result.action is StepAction.DEADLETTERED
+    job = await job_row(db)
+    assert (job["stage"], job["state"], job["retry_count"]) == ("parsing", "deadletter", limit)
+    assert "expired with retries exhausted" in job["last_error"]
+    await last.close()
+    await killer.close()
+
+
+async def test_a_zombie_cannot_commit_while_the_new_owner_works_the_same_stage(
+    pipeline: ReferencePipeline, db: asyncpg.Connection, clock: ManualClock
+) -> None:
+    accepted = await upload_all(pipeline, db, [markdown_document("# Two\n\nowners")])
+    zombie_pause = Pauser("zombie", Checkpoint.AFTER_CALL, Stage.JOB_VALIDATED)
+    live_pause = Pauser("live", Checkpoint.BEFORE_CALL, Stage.JOB_VALIDATED)
+    zombie, live = await started(
+        pipeline.worker(name="zombie", checkpoints=zombie_pause),
+        pipeline.worker(name="live", checkpoints=live_pause),
+    )
+    await step_until(live, db, Stage.JOB_VALIDATED)
+    zombie_step = asyncio.create_task(zombie.run_once())
+    await zombie_pause.reached.wait()
+    clock.advance(pipeline.config.lease_seconds)
+    live_step = asyncio.create_task(live.run_once())
+    await live_pause.reached.wait()  # the new owner holds the lease at the same stage
+    zombie_pause.release.set()
+    assert (await zombie_step).action is StepAction.LEASE_LOST
+    job = await job_row(db)
+    assert (job["stage"], job["owner"], job["parser_job_id"]) == ("job_validated", "live", None)
+    live_pause.release.set()
+    assert (await live_step).action is StepAction.ADVANCED
+    await pipeline.drain([live])
+    await assert_ended_as_predicted(db, pipeline, accepted)
+    for worker in (zombie, live):
+        await worker.close()

@@ -15,6 +15,7 @@ def test_every_query_the_code_names_exists_and_every_query_is_used() -> None:
     code = "\n".join(p.read_text() for p in SOURCE.rglob("*.py"))
     named = set(re.findall(r'queries\["([a-z_]+)"\]', code, flags=re.IGNORECASE))
     named |= set(re.findall(r'q\["([a-z_]+)"\]', code))
+    named |= set(re.findall(r'\.move\(\s*\w+,\s*"([a-z_]+)"', code))
     assert named - set(QUERIES) - set(CHECKER_QUERIES) == set()
     assert set(QUERIES) - named == set()
 

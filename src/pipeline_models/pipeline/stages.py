@@ -300,7 +300,7 @@ async def finalize(step: Step) -> StepResult:
         await connection.execute(
             step.queries["complete_document"].sql, job.document_id, promoted, now
         )
-        await connection.execute(step.queries["finish_job"].sql, job.job_id, step.worker.name, now)
+        await step.move(connection, "finish_job", job.job_id, step.worker.name, now)
         await step.event(connection, "finalized", state="done", chunks=promoted)
         return StepResult(StepAction.FINALIZED, job.job_id, job.stage, f"{promoted} chunks")
 

@@ -259,13 +259,26 @@ class Step:
             self.now(),
         )
 
+    async def move(self, connection: asyncpg.Connection, query: str, *arguments: Any) -> None:
+        """Run a query that moves this job; it must move exactly this one row.
+
+        The fence already holds the row, so this cannot fail in the reference pipeline;
+        it is the second lock on the door, should a query be changed.
+        """
+        status = await connection.execute(self.queries[query].sql, *arguments)
+        if status.rsplit(" ", 1)[-1] != "1":
+            raise LeaseLostError(
+                f"{self.worker.name} could not move job {self.job.job_id} ({query}: {status})"
+            )
+
     async def advance(self, connection: asyncpg.Connection, **detail: Any) -> StepResult:
         """The stage is done (call inside :meth:`commit`)."""
         following = next_stage(self.job.stage)
         if following is None:
             raise ValueError(f"{self.job.stage} is the last stage; finalize instead")
-        await connection.execute(
-            self.queries["advance_job"].sql,
+        await self.move(
+            connection,
+            "advance_job",
             self.job.job_id,
             self.worker.name,
             self.now(),
@@ -285,8 +298,9 @@ class Step:
     ) -> StepResult:
         """Same stage again after ``delay`` seconds (call inside :meth:`commit`)."""
         now = self.now()
-        await connection.execute(
-            self.queries["requeue_job"].sql,
+        await self.move(
+            connection,
+            "requeue_job",
             self.job.job_id,
             self.worker.name,
             now,
@@ -473,8 +487,8 @@ class BaseWorker:
                 if failure.kind is FailureKind.TRANSIENT:
                     reason = f"retries exhausted ({job.retry_count} of {retry.limit}): {reason}"
                 error_text = f"{job.stage}: {reason}"
-                await connection.execute(
-                    self.queries["fail_job_permanent"].sql, job.job_id, self.name, now, error_text
+                await step.move(
+                    connection, "fail_job_permanent", job.job_id, self.name, now, error_text
                 )
                 await connection.execute(
                     self.queries["mark_document_failed"].sql, job.document_id, now
@@ -484,8 +498,9 @@ class BaseWorker:
                 )
                 return StepResult(StepAction.DEADLETTERED, job.job_id, job.stage, error_text)
             delay = retry.delay_seconds(job.retry_count, failure.retry_after)
-            await connection.execute(
-                self.queries["fail_job_transient"].sql,
+            await step.move(
+                connection,
+                "fail_job_transient",
                 job.job_id,
                 self.name,
                 now,
