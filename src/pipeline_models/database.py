@@ -1,8 +1,10 @@
 """Postgres for the pipeline and its checker: a server from DATABASE_URL, or an embedded one.
 
->>> with Database.from_environment() as database:          # doctest: +SKIP
-...     connection = await database.connect()
-...     await database.reset(connection)
+Example::
+
+    with Database.from_environment() as database:
+        connection = await database.connect()
+        await database.reset(connection)
 
 Without a URL (argument, then ``DATABASE_URL``) an embedded throwaway server starts on
 first use and stops with the process. A bad URL fails fast, before any work, with a

@@ -6,10 +6,11 @@ covers the rest (SIGTERM, SIGKILL, a crashed interpreter): it holds the read end
 pipe whose write end only the parent holds, so the kernel closes it however the parent
 dies, and the reaper then stops the server and deletes its directory.
 
->>> server = EmbeddedPostgres.start()     # doctest: +SKIP
->>> server.url                            # doctest: +SKIP
-'postgresql://postgres:@/postgres?host=/tmp/pipeline-models-...'
->>> server.stop()                         # doctest: +SKIP
+Example::
+
+    server = EmbeddedPostgres.start()
+    server.url      # 'postgresql://postgres:@/postgres?host=/tmp/pipeline-models-pg-...'
+    server.stop()
 """
 
 from __future__ import annotations

@@ -282,7 +282,9 @@ def run_fakes(
     Fault plans are set while running with ``PUT /_fake/faults`` on either service.
     ``on_ready`` is called with the bound URLs (by default they are printed).
 
-    >>> run_fakes(parser_port=8001, embeddings_port=8002)  # doctest: +SKIP
+    Example::
+
+        run_fakes(parser_port=8001, embeddings_port=8002)
     """
 
     async def main() -> None:

@@ -4,9 +4,11 @@ With fakes (the default) the parser and embeddings services are in-process ASGI 
 reached through ``httpx.ASGITransport``; ``over_http`` points the same clients at served
 fakes or real endpoints.
 
->>> pipeline = ReferencePipeline.with_fakes(database, storage_root=tmp)   # doctest: +SKIP
->>> async with pipeline.worker() as worker:                              # doctest: +SKIP
-...     await worker.run_once()
+Example::
+
+    pipeline = ReferencePipeline.with_fakes(database, storage_root=tmp)
+    async with pipeline.worker() as worker:
+        await worker.run_once()
 """
 
 from __future__ import annotations

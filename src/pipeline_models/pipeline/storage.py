@@ -4,9 +4,10 @@ Writes are atomic (a temporary file renamed into place), so a crash mid-write le
 old blob or none, never half of one, and writing the same key twice is harmless. Reads
 take a byte range, so a 10 MB document is read a batch at a time.
 
->>> storage = LocalDirectoryStorage(tmp_path)               # doctest: +SKIP
->>> storage.put("raw/u/abc", b"hello")                      # doctest: +SKIP
->>> storage.read("raw/u/abc", 1, 3)                         # doctest: +SKIP
+>>> import tempfile
+>>> storage = LocalDirectoryStorage(tempfile.mkdtemp())
+>>> storage.put("raw/u/abc", b"hello")
+>>> storage.read("raw/u/abc", 1, 3)
 b'ell'
 """
 

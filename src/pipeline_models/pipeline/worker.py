@@ -13,8 +13,10 @@ A failure is classified (transient, permanent, deferred) and recorded through th
 fence. Whatever happens, a job is never marked done without its rows, and a worker that
 lost its lease cannot commit.
 
->>> async with BaseWorker(database, services=services, storage=storage) as worker:  # doctest: +SKIP
-...     result = await worker.run_once()
+Example::
+
+    async with BaseWorker(database, services=services, storage=storage) as worker:
+        result = await worker.run_once()
 """
 
 from __future__ import annotations
