@@ -6,11 +6,19 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import settings
 
 from pipeline_models.clock import ManualClock
 from pipeline_models.database import Database
 from pipeline_models.pipeline.config import WorkerConfig
 from pipeline_models.pipeline.reference import ReferencePipeline
+
+
+# The suite is derandomized so that CI is repeatable; explore with a random seed with
+# `pytest --hypothesis-profile=explore`.
+settings.register_profile("repeatable", derandomize=True, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile("repeatable")
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pipeline_models.database import Database
-from pipeline_models.documents import Document, sample_documents
+from pipeline_models.documents import Document, large_markdown_document, sample_documents
 from pipeline_models.lifecycle import STAGES, State
 from pipeline_models.model import discrepancies, expected_outcomes
 from pipeline_models.pipeline.config import WorkerConfig
@@ -88,8 +88,13 @@ async def run_demo(
     users: int = 2,
     config: WorkerConfig | None = None,
     timeout: float = 300.0,
+    large_bytes: int = 512 * 1024,
 ) -> DemoReport:
-    """Upload ``documents`` sample files, process them with ``workers``, verify the ending."""
+    """Upload ``documents`` sample files, process them with ``workers``, verify the ending.
+
+    The corpus is ``documents - 1`` small mixed files (a few of them unusable on purpose)
+    and one markdown document of ``large_bytes``.
+    """
     config = config or WorkerConfig(parser_poll_seconds=0.05, idle_seconds=0.02)
     report = DemoReport(documents, workers, database.display_url)
     await database.ensure_schema()
@@ -100,7 +105,11 @@ async def run_demo(
             async with ReferencePipeline.with_fakes(
                 database, storage_root=blobs, config=config
             ) as pipeline:
-                corpus: list[Document] = sample_documents(documents, seed=seed)
+                # One large document among the small ones, so batches repeat visibly.
+                corpus: list[Document] = [
+                    *sample_documents(documents - 1, seed=seed),
+                    large_markdown_document(large_bytes, seed=seed),
+                ]
                 owners = demo_users(users, seed)
                 started = time.perf_counter()
                 accepted = []
