@@ -11,6 +11,7 @@ The worker's hot-path queries are not built here: they are named SQL in ``sql/qu
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterable
 
 from sqlalchemy import (
@@ -47,6 +48,17 @@ def _one_of(column: str, values: Iterable[str]) -> str:
 
 _LIVE = sorted(s.value for s in LIVE_STATES)
 
+
+def _document_reference() -> Column[uuid.UUID]:
+    """The owning document; its rows go when it goes."""
+    return Column(
+        "document_id",
+        UUID(as_uuid=True),
+        ForeignKey("documents.document_id", ondelete="CASCADE"),
+        nullable=False,
+    )
+
+
 documents = Table(
     "documents",
     metadata,
@@ -78,12 +90,7 @@ upload_jobs = Table(
     "upload_jobs",
     metadata,
     Column("job_id", UUID(as_uuid=True), primary_key=True),
-    Column(
-        "document_id",
-        UUID(as_uuid=True),
-        ForeignKey("documents.document_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _document_reference(),
     Column("user_id", UUID(as_uuid=True), nullable=False),
     Column("stage", Text, nullable=False),
     Column("state", Text, nullable=False),
@@ -150,12 +157,7 @@ document_chunk_buffer = Table(
     "document_chunk_buffer",
     metadata,
     Column("chunk_id", UUID(as_uuid=True), primary_key=True),
-    Column(
-        "document_id",
-        UUID(as_uuid=True),
-        ForeignKey("documents.document_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _document_reference(),
     Column("chunker_name", Text, nullable=False),
     Column("chunker_version", Text, nullable=False),
     Column("chunk_ord", Integer, nullable=False),
@@ -183,12 +185,7 @@ document_vector_buffer = Table(
         ForeignKey("document_chunk_buffer.chunk_id", ondelete="CASCADE"),
         nullable=False,
     ),
-    Column(
-        "document_id",
-        UUID(as_uuid=True),
-        ForeignKey("documents.document_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _document_reference(),
     Column("embed_model", Text, nullable=False),
     Column("embed_version", Text, nullable=False),
     Column("vector", ARRAY(REAL), nullable=False),
@@ -204,12 +201,7 @@ document_chunks = Table(
     "document_chunks",
     metadata,
     Column("chunk_id", UUID(as_uuid=True), primary_key=True),
-    Column(
-        "document_id",
-        UUID(as_uuid=True),
-        ForeignKey("documents.document_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _document_reference(),
     Column("chunk_ord", Integer, nullable=False),
     Column("text", Text, nullable=False),
     Column("chunk_sha", Text, nullable=False),

@@ -166,10 +166,15 @@ class Step:
         await self.worker.checkpoint(checkpoint, self.job)
 
     async def call(self, service: str, operation: Callable[[], Awaitable[T]]) -> T:
-        """Call an external service through its circuit breaker, renewing the lease meanwhile."""
+        """Call an external service through its circuit breaker, renewing the lease meanwhile.
+
+        ``after_call`` is awaited whether the call succeeded or failed (a failed call may
+        still have had its effect), but not when the step itself is being cancelled.
+        """
         breaker = self.worker.breakers[service]
         breaker.before_call()
         await self.checkpoint(Checkpoint.BEFORE_CALL)
+        self.worker.stats[f"calls_{service}"] += 1
         stop_heartbeat = asyncio.Event()
         heartbeat = (
             asyncio.create_task(self._heartbeat(stop_heartbeat), name=f"{self.worker.name}-lease")
@@ -183,39 +188,53 @@ class Step:
                 breaker.record_failure(str(error))
             else:
                 breaker.release_trial()
+            await self._end_call(stop_heartbeat, heartbeat)
             raise
-        except BaseException:
+        except Exception:
             breaker.release_trial()
+            await self._end_call(stop_heartbeat, heartbeat)
             raise
-        else:
-            breaker.record_success()
-        finally:
-            stop_heartbeat.set()
+        except BaseException:  # cancelled: the worker is being crashed or stopped
+            breaker.release_trial()
             if heartbeat is not None:
-                await heartbeat
-            self.worker.stats[f"calls_{service}"] += 1
-            await self.checkpoint(Checkpoint.AFTER_CALL)
+                heartbeat.cancel()
+            raise
+        breaker.record_success()
+        await self._end_call(stop_heartbeat, heartbeat)
         return result
 
+    async def _end_call(self, stop: asyncio.Event, heartbeat: asyncio.Task[None] | None) -> None:
+        stop.set()
+        if heartbeat is not None:
+            await heartbeat
+        await self.checkpoint(Checkpoint.AFTER_CALL)
+
     async def _heartbeat(self, stop: asyncio.Event) -> None:
+        """Renew the lease every third of its length until told to stop."""
         interval = self.config.lease_seconds / 3
         while True:
             sleeper = asyncio.ensure_future(self.worker.clock.sleep(interval))
             stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            sleeper.cancel()
-            stopper.cancel()
+            try:
+                await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                stopper.cancel()
             if stop.is_set():
                 return
             now = self.now()
-            async with self.worker.connection_lock:
-                renewed = await self.worker.db.fetchval(
-                    self.queries["renew_lease"].sql,
-                    self.job.job_id,
-                    self.worker.name,
-                    now,
-                    now + timedelta(seconds=self.config.lease_seconds),
-                )
+            try:
+                async with self.worker.connection_lock:
+                    renewed = await self.worker.db.fetchval(
+                        self.queries["renew_lease"].sql,
+                        self.job.job_id,
+                        self.worker.name,
+                        now,
+                        now + timedelta(seconds=self.config.lease_seconds),
+                    )
+            except Exception as error:  # the commit's fence will tell the step
+                renewed = None
+                self.worker.log("lease_renewal_failed", self.job, describe(error))
             if renewed is None:
                 self.lease_lost = True
                 self.worker.log("lease_lost", self.job, "lease could not be renewed")
