@@ -13,7 +13,6 @@ from pipeline_models.database import Database
 from pipeline_models.pipeline.config import WorkerConfig
 from pipeline_models.pipeline.reference import ReferencePipeline
 
-
 # The suite is derandomized so that CI is repeatable; explore with a random seed with
 # `pytest --hypothesis-profile=explore`.
 settings.register_profile("repeatable", derandomize=True, print_blob=True)
