@@ -39,11 +39,24 @@ def main(log_level: str, log_json: bool) -> None:
 @click.option("-w", "--workers", default=4, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, help="Seed of the sample corpus.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds before giving up.")
-def demo(database_url: str | None, documents: int, workers: int, seed: int, timeout: float) -> None:
+@click.option(
+    "--processes",
+    is_flag=True,
+    help="Run the fakes, the API and the workers as separate processes on loopback.",
+)
+def demo(
+    database_url: str | None,
+    documents: int,
+    workers: int,
+    seed: int,
+    timeout: float,
+    processes: bool,
+) -> None:
     """Run the reference pipeline on sample documents and verify every ending.
 
     Exits 0 only if every document ended as the model predicts: done with exactly the
-    expected chunks and vectors, or dead-lettered with last_error for unusable input.
+    expected chunks and vectors, or dead-lettered with last_error for unusable input
+    (with --processes, unusable input may instead be refused at upload).
     """
     from pipeline_models import demo as demo_module
 
@@ -54,6 +67,7 @@ def demo(database_url: str | None, documents: int, workers: int, seed: int, time
             workers=workers,
             seed=seed,
             timeout=timeout,
+            processes=processes,
         )
     except (PipelineModelsError, TimeoutError) as error:
         raise click.ClickException(str(error)) from None
@@ -67,8 +81,23 @@ def demo(database_url: str | None, documents: int, workers: int, seed: int, time
 @click.option("--embeddings-port", default=8002, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--pending-polls", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--api-key", default=None, help="Require this bearer token on both fakes.")
+@click.option(
+    "--webhook-secret",
+    "webhook_secrets",
+    multiple=True,
+    help="Sign parser webhooks with this secret (repeat to sign with several).",
+)
+@click.option(
+    "--auto-deliver-webhooks", is_flag=True, help="Send each webhook as soon as its job is done."
+)
 def serve_fakes(
-    host: str, parser_port: int, embeddings_port: int, pending_polls: int, api_key: str | None
+    host: str,
+    parser_port: int,
+    embeddings_port: int,
+    pending_polls: int,
+    api_key: str | None,
+    webhook_secrets: tuple[str, ...],
+    auto_deliver_webhooks: bool,
 ) -> None:
     """Serve the fake parser and embeddings services on loopback until Ctrl-C or SIGTERM."""
     from pipeline_models.fakes.serve import run_fakes
@@ -79,7 +108,50 @@ def serve_fakes(
         embeddings_port=embeddings_port,
         pending_polls=pending_polls,
         api_key=api_key,
+        webhook_secrets=webhook_secrets,
+        auto_deliver_webhooks=auto_deliver_webhooks,
     )
+
+
+@main.command()
+@_DATABASE_URL
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+def serve(database_url: str | None, host: str, port: int) -> None:
+    """Serve the upload API (settings from PIPELINE_* variables; see the README)."""
+    from pipeline_models.pipeline.processes import run_api
+    from pipeline_models.settings import Settings
+
+    try:
+        run_api(Settings.from_env(database_url=database_url), host=host, port=port)
+    except PipelineModelsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@_DATABASE_URL
+@click.option("--slots", default=1, show_default=True, type=click.IntRange(1), help="Jobs at once.")
+@click.option("--name", default="worker", show_default=True, help="Prefix of the slots' names.")
+@click.option(
+    "--grace-seconds",
+    default=30.0,
+    show_default=True,
+    help="After SIGTERM, how long running steps may take before their leases are released.",
+)
+def worker(database_url: str | None, slots: int, name: str, grace_seconds: float) -> None:
+    """Run a worker with N job slots until SIGTERM, then finish or release and exit 0."""
+    from pipeline_models.pipeline.processes import run_worker
+    from pipeline_models.settings import Settings
+
+    try:
+        run_worker(
+            Settings.from_env(database_url=database_url),
+            slots=slots,
+            name=name,
+            grace_seconds=grace_seconds,
+        )
+    except PipelineModelsError as error:
+        raise click.ClickException(str(error)) from None
 
 
 __all__ = ["main"]

@@ -171,6 +171,24 @@ class Database:
         await _init_connection(connection)
         return connection
 
+    async def create_pool(
+        self, *, min_size: int = 1, max_size: int = 10, application_name: str = "pipeline-models"
+    ) -> asyncpg.Pool:
+        """A connection pool with the same settings as :meth:`connect` (for the API)."""
+        try:
+            pool = await asyncpg.create_pool(
+                self.url,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=CONNECT_TIMEOUT,
+                server_settings={"search_path": self.schema, "application_name": application_name},
+                init=_init_connection,
+            )
+        except (asyncpg.PostgresError, OSError, TimeoutError, asyncpg.InterfaceError) as error:
+            raise _explain_connect_error(self.url, error) from error
+        assert pool is not None
+        return pool
+
     async def ensure_schema(self) -> bool:
         """Create the schema if missing or outdated; True if anything was created.
 

@@ -14,14 +14,21 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import asyncpg
+import httpx
+
+from pipeline_models.cluster import LocalCluster
 from pipeline_models.database import Database
 from pipeline_models.documents import Document, large_markdown_document, sample_documents
 from pipeline_models.lifecycle import STAGES, State
-from pipeline_models.model import discrepancies, expected_outcomes
+from pipeline_models.model import discrepancies, expected_outcome, expected_outcomes
+from pipeline_models.pipeline.auth import TokenIssuer
 from pipeline_models.pipeline.config import WorkerConfig
 from pipeline_models.pipeline.reference import ReferencePipeline
 from pipeline_models.queries import QUERIES
+from pipeline_models.settings import Settings
 from pipeline_models.snapshot import take_snapshot
 from pipeline_models.tables import format_table
 
@@ -40,6 +47,7 @@ class DemoReport:
     problems: list[str] = field(default_factory=list)
     done: int = 0
     deadlettered: int = 0
+    refused: int = 0
     final_chunks: int = 0
 
     @property
@@ -64,10 +72,11 @@ class DemoReport:
             "",
         ]
         if self.ok:
+            refused = f", {self.refused} refused at upload" if self.refused else ""
             lines.append(
                 f"OK: every document ended as the model predicts: {self.done} done with "
                 f"{self.final_chunks} final chunks and vectors, {self.deadlettered} "
-                "dead-lettered with last_error (unusable input)"
+                f"dead-lettered with last_error{refused} (unusable input)"
             )
         else:
             lines.append(f"FAILED: {len(self.problems)} documents did not end as predicted:")
@@ -122,23 +131,110 @@ async def run_demo(
                 started = time.perf_counter()
                 await pipeline.run_workers(workers, timeout=timeout)
                 report.process_seconds = time.perf_counter() - started
-        timings = {
-            row["stage"]: row for row in await connection.fetch(QUERIES["stage_timings"].sql)
-        }
-        report.stage_rows = [
-            [stage.value, *(timings[stage][k] for k in ("steps", "seconds", "slowest"))]
-            for stage in STAGES
-            if stage in timings
-        ]
-        snapshot = await take_snapshot(connection)
+        await _verify(report, connection, accepted, config)
     finally:
         await connection.close()
+    return report
+
+
+async def _verify(
+    report: DemoReport,
+    connection: asyncpg.Connection,
+    accepted: list[tuple[uuid.UUID, Document]],
+    config: WorkerConfig,
+) -> None:
+    timings = {row["stage"]: row for row in await connection.fetch(QUERIES["stage_timings"].sql)}
+    report.stage_rows = [
+        [stage.value, *(timings[stage][k] for k in ("steps", "seconds", "slowest"))]
+        for stage in STAGES
+        if stage in timings
+    ]
+    snapshot = await take_snapshot(connection)
     expected = expected_outcomes(accepted, config=config)
-    report.problems = discrepancies(expected, snapshot)
+    report.problems.extend(discrepancies(expected, snapshot))
     report.final_positions = Counter((j.stage.value, j.state.value) for j in snapshot.jobs.values())
     report.done = sum(1 for j in snapshot.jobs.values() if j.state is State.DONE)
     report.deadlettered = sum(1 for j in snapshot.jobs.values() if j.state is State.DEADLETTER)
     report.final_chunks = len(snapshot.final_chunks)
+
+
+async def run_demo_processes(
+    database: Database,
+    *,
+    documents: int = 20,
+    workers: int = 4,
+    seed: int = 0,
+    users: int = 2,
+    timeout: float = 300.0,
+    large_bytes: int = 512 * 1024,
+) -> DemoReport:
+    """The demo with real processes: fakes, the API and worker processes on loopback.
+
+    Documents go through ``POST /upload`` with bearer tokens; the parser reports back
+    through its signed webhook while workers also poll. Unusable files may be refused at
+    the door (4xx) instead of being dead-lettered; either ending is checked against the
+    oracle.
+    """
+    report = DemoReport(documents, workers, f"{database.display_url}, separate processes")
+    config = WorkerConfig()
+    await database.ensure_schema()
+    connection = await database.connect(application_name="pipeline-models demo")
+    try:
+        await database.reset(connection)
+        with tempfile.TemporaryDirectory(prefix="pipeline-models-blobs-") as blobs:
+            settings = Settings(
+                database_url=database.url,
+                schema=database.schema,
+                storage_root=Path(blobs),
+                lease_seconds=10.0,
+            )
+            processes = 2 if workers > 1 else 1
+            with LocalCluster(
+                settings, workers=processes, slots=-(-workers // processes)
+            ) as cluster:
+                corpus = [
+                    *sample_documents(documents - 1, seed=seed),
+                    large_markdown_document(large_bytes, seed=seed),
+                ]
+                tokens = TokenIssuer(settings.token_secret)
+                owners = demo_users(users, seed)
+                accepted: list[tuple[uuid.UUID, Document]] = []
+                started = time.perf_counter()
+                async with httpx.AsyncClient(base_url=cluster.api_url, timeout=60) as client:
+                    for index, document in enumerate(corpus):
+                        response = await client.post(
+                            "/upload",
+                            headers={
+                                "Authorization": f"Bearer {tokens.issue(owners[index % users])}"
+                            },
+                            files={
+                                "file": (document.filename, document.data, document.content_type)
+                            },
+                        )
+                        if response.status_code in (200, 201):
+                            accepted.append((uuid.UUID(response.json()["document_id"]), document))
+                            continue
+                        outcome = expected_outcome(uuid.uuid4(), document, config=config)
+                        if response.status_code >= 500 or outcome.state is not State.DEADLETTER:
+                            report.problems.append(
+                                f"{document!r} was refused with {response.status_code} "
+                                f"({response.text[:200]}) but the model expects {outcome!r}"
+                            )
+                        report.refused += 1
+                report.upload_seconds = time.perf_counter() - started
+                started = time.perf_counter()
+                async with asyncio.timeout(timeout):
+                    # Other processes do the work: the database is the only thing to watch.
+                    while await connection.fetchval(QUERIES["count_live_jobs"].sql):  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                report.process_seconds = time.perf_counter() - started
+                codes = cluster.stop()
+                report.problems.extend(
+                    f"process {name} exited with {code}" for name, code in codes.items() if code
+                )
+        await _verify(report, connection, accepted, config)
+    finally:
+        await connection.close()
     return report
 
 
@@ -149,11 +245,13 @@ def main(
     workers: int,
     seed: int,
     timeout: float,
+    processes: bool = False,
 ) -> DemoReport:
     with Database.from_environment(database_url) as database:
+        run = run_demo_processes if processes else run_demo
         return asyncio.run(
-            run_demo(database, documents=documents, workers=workers, seed=seed, timeout=timeout)
+            run(database, documents=documents, workers=workers, seed=seed, timeout=timeout)
         )
 
 
-__all__ = ["DemoReport", "demo_users", "main", "run_demo"]
+__all__ = ["DemoReport", "demo_users", "main", "run_demo", "run_demo_processes"]

@@ -37,7 +37,13 @@ from pipeline_models.fakes.faults import (
     openai_http_client,
     parser_http_client,
 )
-from pipeline_models.fakes.parser import ParserFake, ParserJob, create_parser_app
+from pipeline_models.fakes.parser import (
+    DeliveryResult,
+    ParserFake,
+    ParserJob,
+    WebhookDelivery,
+    create_parser_app,
+)
 from pipeline_models.fakes.parsing import (
     ParsedDocument,
     ParseFailure,
@@ -61,6 +67,7 @@ __all__ = [
     "MAX_TOKENS_PER_REQUEST",
     "MODEL_DIMENSIONS",
     "PARSER_ENDPOINTS",
+    "DeliveryResult",
     "EmbeddingsFake",
     "FakeEndpoints",
     "FakeService",
@@ -74,6 +81,7 @@ __all__ = [
     "ParsedDocument",
     "ParserFake",
     "ParserJob",
+    "WebhookDelivery",
     "count_tokens",
     "create_embeddings_app",
     "create_parser_app",

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,12 +213,15 @@ async def served_fakes(
     embeddings_faults: FaultPlan | None = None,
     pending_polls: int = 0,
     max_file_bytes: int = 50 * 2**20,
+    webhook_secrets: Sequence[str] = (),
+    auto_deliver_webhooks: bool = False,
     uvicorn_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[FakeEndpoints]:
     """Serve the parser and embeddings fakes on ``host`` for the duration of the block.
 
     Port 0 picks a free port; the yielded :class:`FakeEndpoints` carries the bound URLs.
-    Pass ready-made apps, or the options to build them (``api_key`` applies to both).
+    Pass ready-made apps, or the options to build them (``api_key`` applies to both;
+    ``webhook_secrets`` and ``auto_deliver_webhooks`` go to :func:`create_parser_app`).
     ``uvicorn_options`` go to ``uvicorn.Config`` (by default logging is left as it is).
     An occupied port is an ``OSError`` that names the service.
 
@@ -234,6 +237,8 @@ async def served_fakes(
             pending_polls=pending_polls,
             api_key=api_key,
             max_file_bytes=max_file_bytes,
+            webhook_secrets=webhook_secrets,
+            auto_deliver_webhooks=auto_deliver_webhooks,
         )
     if embeddings_app is None:
         embeddings_app = create_embeddings_app(faults=embeddings_faults, api_key=api_key)
@@ -274,12 +279,17 @@ def run_fakes(
     api_key: str | None = None,
     pending_polls: int = 0,
     max_file_bytes: int = 50 * 2**20,
+    webhook_secrets: Sequence[str] = (),
+    auto_deliver_webhooks: bool = False,
     log_level: str = "info",
     on_ready: Callable[[FakeEndpoints], None] = _announce,
 ) -> None:
     """Serve both fakes until SIGINT or SIGTERM, then shut down cleanly (main thread only).
 
     Fault plans are set while running with ``PUT /_fake/faults`` on either service.
+    Parser webhooks are signed with ``webhook_secrets`` (current first) and sent after
+    each upload with ``auto_deliver_webhooks``; queued ones (failed, or all of them
+    without auto delivery) are sent by ``POST /_fake/webhooks/deliver`` on the parser.
     ``on_ready`` is called with the bound URLs (by default they are printed).
 
     Example::
@@ -306,6 +316,8 @@ def run_fakes(
                 api_key=api_key,
                 pending_polls=pending_polls,
                 max_file_bytes=max_file_bytes,
+                webhook_secrets=webhook_secrets,
+                auto_deliver_webhooks=auto_deliver_webhooks,
                 # The CLI is a server: it gets uvicorn's usual console logging.
                 uvicorn_options={
                     "log_config": uvicorn.config.LOGGING_CONFIG,

@@ -139,6 +139,7 @@ class ReferencePipeline:
         embeddings_url: str,
         parser_key: str | None = FAKE_API_KEY,
         embeddings_key: str = FAKE_API_KEY,
+        webhook_url: str | None = None,
         clock: Clock | None = None,
         config: WorkerConfig | None = None,
     ) -> ReferencePipeline:
@@ -154,6 +155,7 @@ class ReferencePipeline:
             embeddings_http=httpx2.AsyncClient(timeout=30.0),
             embeddings_url=embeddings_url,
             embeddings_key=embeddings_key,
+            webhook_url=webhook_url,
         )
         return cls(
             database, LocalDirectoryStorage(storage_root), services, clock=clock, config=config
@@ -267,6 +269,7 @@ def _services(
     embeddings_http: httpx2.AsyncClient,
     embeddings_url: str,
     embeddings_key: str,
+    webhook_url: str | None = None,
 ) -> Services:
     sdk = openai.AsyncOpenAI(
         api_key=embeddings_key,
@@ -276,7 +279,7 @@ def _services(
         max_retries=0,
     )
     return Services(
-        ParserClient(parser_http, api_key=parser_key),
+        ParserClient(parser_http, api_key=parser_key, webhook_url=webhook_url),
         EmbeddingsClient(sdk, model=config.embed_model, dimensions=config.embed_dimensions),
     )
 

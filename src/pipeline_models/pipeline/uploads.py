@@ -12,7 +12,9 @@ from __future__ import annotations
 import codecs
 import hashlib
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import asyncpg
 
@@ -63,6 +65,53 @@ def detect_type(head: bytes, *, filename: str, declared_type: str | None = None)
     return TEXT
 
 
+class RejectionReason(StrEnum):
+    EMPTY = "empty"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_TYPE = "unsupported_type"
+
+
+class UploadRejectedError(DocumentRejectedError):
+    """An upload refused at the door; nothing was stored."""
+
+    def __init__(self, reason: RejectionReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_upload(data: bytes, *, filename: str, declared_type: str | None, max_bytes: int) -> str:
+    """The type of an upload, judged on all of its bytes; raises :class:`UploadRejectedError`.
+
+    Stricter than :func:`detect_type` (which sniffs a prefix): text must be valid UTF-8
+    throughout. PDFs are only recognised here; whether they parse is the parser's call.
+    """
+    if not data:
+        raise UploadRejectedError(RejectionReason.EMPTY, f"{filename!r} is empty")
+    if len(data) > max_bytes:
+        raise UploadRejectedError(
+            RejectionReason.TOO_LARGE,
+            f"{filename!r} has {len(data)} bytes; the limit is {max_bytes}",
+        )
+    try:
+        detected = detect_type(data[:SNIFF_BYTES], filename=filename, declared_type=declared_type)
+        if detected != PDF:
+            text = data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+            if "\x00" in text:
+                raise DocumentRejectedError(f"{filename!r} contains NUL bytes: binary data")
+    except UnicodeDecodeError as error:
+        raise UploadRejectedError(
+            RejectionReason.UNSUPPORTED_TYPE,
+            f"{filename!r} is not valid UTF-8 text (invalid byte at {error.start}); "
+            f"accepted types: {', '.join(ACCEPTED_TYPES)}",
+        ) from None
+    except DocumentRejectedError as error:
+        raise UploadRejectedError(RejectionReason.UNSUPPORTED_TYPE, str(error)) from None
+    return detected
+
+
+UploadCheckpoint = Callable[[str, asyncpg.Connection], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class Upload:
     document_id: uuid.UUID
@@ -81,12 +130,23 @@ async def enqueue_upload(
     declared_type: str,
     data: bytes,
     queries: Queries = QUERIES,
+    checkpoint: UploadCheckpoint | None = None,
 ) -> Upload:
-    """Store the bytes and create the document and its job, or return the existing ones."""
+    """Store the bytes and create the document and its job, or return the existing ones.
+
+    ``checkpoint`` is awaited with the connection at each point a crash could interrupt
+    the upload ("blob_stored", "document_inserted", "job_inserted"); tests kill it there.
+    """
+
+    async def reached(point: str) -> None:
+        if checkpoint is not None:
+            await checkpoint(point, connection)
+
     file_sha256 = hashlib.sha256(data).hexdigest()
     key = raw_key(user_id, file_sha256)
     if not storage.exists(key):
         storage.put(key, data)
+    await reached("blob_stored")
     now = clock.now()
     async with connection.transaction():
         document_id = await connection.fetchval(
@@ -101,10 +161,12 @@ async def enqueue_upload(
             now,
         )
         if document_id is not None:
+            await reached("document_inserted")
             job_id = uuid.uuid4()
             await connection.execute(
                 queries["insert_job"].sql, job_id, document_id, user_id, uuid.uuid4().hex, now
             )
+            await reached("job_inserted")
             return Upload(document_id, job_id, True, file_sha256)
     # The unique (user, sha) index made a concurrent twin wait for our rival's commit; the
     # rival's document and job are visible now.
@@ -122,7 +184,11 @@ __all__ = [
     "PDF",
     "SNIFF_BYTES",
     "TEXT",
+    "RejectionReason",
     "Upload",
+    "UploadCheckpoint",
+    "UploadRejectedError",
+    "check_upload",
     "detect_type",
     "enqueue_upload",
 ]

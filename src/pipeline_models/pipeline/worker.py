@@ -129,6 +129,8 @@ _CONNECTION_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
+    # asyncpg's own state error when a transaction's socket died under it.
+    asyncpg.exceptions.InternalClientError,
     ConnectionError,
     OSError,
 )
@@ -448,9 +450,15 @@ class BaseWorker:
             self.log("reclaimed", job, f"took over from {job.previous_owner}")
         self.current_job = job
         try:
-            return await self._run_step(job)
-        finally:
+            result = await self._run_step(job)
+        except asyncio.CancelledError:
+            # The lease is still ours: release_current_job() can give the job back.
+            raise
+        except BaseException:
             self.current_job = None
+            raise
+        self.current_job = None
+        return result
 
     async def _run_step(self, job: ClaimedJob) -> StepResult:
         step = Step(self, job)
@@ -572,6 +580,27 @@ class BaseWorker:
                     "database connection restored",
                     extra={"action": "database_restored", "worker": self.name},
                 )
+
+    async def release_current_job(self) -> bool:
+        """Give the job this worker holds back to the queue (after its task was cancelled).
+
+        Uses a fresh connection: the worker's own may have been cut mid-query. True if a
+        lease was released.
+        """
+        job = self.current_job
+        if job is None:
+            return False
+        connection = await self.database.connect(application_name=f"{self.name} release")
+        try:
+            status = await connection.execute(
+                self.queries["release_job"].sql, job.job_id, self.name, self.clock.now()
+            )
+        finally:
+            await connection.close()
+        released = bool(status.endswith(" 1"))
+        if released:
+            self.log("lease_released", job, "lease released on shutdown")
+        return released
 
     async def health(self) -> dict[str, Any]:
         """Database, storage and each service's circuit, as this worker sees them."""

@@ -319,3 +319,61 @@ SELECT stage, count(*) AS steps, sum((detail ->> 'seconds')::float8) AS seconds,
        max((detail ->> 'seconds')::float8) AS slowest
 FROM events
 GROUP BY stage;
+
+
+-- name: job_for_user
+-- A job as its owner sees it; no row for anyone else (so ids do not leak).
+-- $1 job_id uuid, $2 user_id uuid
+SELECT job.job_id, job.document_id, document.filename, job.stage, job.state,
+       job.retry_count, job.last_error, job.chunks_total, job.chunks_done,
+       job.embeddings_done, job.created_at, job.updated_at
+FROM upload_jobs AS job
+JOIN documents AS document ON document.document_id = job.document_id
+WHERE job.job_id = $1 AND job.user_id = $2;
+
+
+-- name: operator_retry
+-- An operator's retry of a dead-lettered job: queued again at the same stage, due now,
+-- with a fresh retry budget. last_error stays as the record of what happened.
+-- $1 job_id uuid, $2 user_id uuid, $3 now timestamptz
+UPDATE upload_jobs
+SET state = 'queued', retry_count = 0, next_attempt_at = $3, owner = NULL,
+    lease_expires_at = NULL, updated_at = $3
+WHERE job_id = $1 AND user_id = $2 AND state = 'deadletter'
+RETURNING job_id, document_id, stage, state, correlation_id;
+
+
+-- name: mark_document_processing
+-- $1 document_id uuid, $2 now timestamptz
+UPDATE documents SET status = 'processing', updated_at = $2 WHERE document_id = $1;
+
+
+-- name: job_by_parser_job
+-- The job a parser webhook is about.
+-- $1 parser_job_id text
+SELECT job_id, document_id, stage, state, correlation_id
+FROM upload_jobs
+WHERE parser_job_id = $1
+ORDER BY created_at DESC
+LIMIT 1;
+
+
+-- name: webhook_advance
+-- A verified parser webhook: parsing -> parsed, whoever holds the job, exactly once.
+-- A worker polling the same job meanwhile loses its fence and commits nothing; a
+-- duplicate delivery finds the job past parsing and changes nothing.
+-- $1 job_id uuid, $2 now timestamptz
+UPDATE upload_jobs
+SET stage = 'parsed', state = 'queued', owner = NULL, lease_expires_at = NULL,
+    next_attempt_at = $2, retry_count = 0, updated_at = $2
+WHERE job_id = $1 AND stage = 'parsing' AND state IN ('queued', 'working', 'retryable')
+RETURNING job_id;
+
+
+-- name: release_job
+-- A stopping worker gives its job back: same stage, due now, nothing counted.
+-- $1 job_id uuid, $2 owner text, $3 now timestamptz
+UPDATE upload_jobs
+SET state = 'queued', owner = NULL, lease_expires_at = NULL, next_attempt_at = $3,
+    updated_at = $3
+WHERE job_id = $1 AND owner = $2 AND state = 'working';

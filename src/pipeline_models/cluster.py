@@ -1,0 +1,183 @@
+"""The whole pipeline as real processes on loopback: fakes, API, and worker processes.
+
+Used by ``pipeline-models demo --processes``, the end-to-end test that SIGKILLs a worker
+mid-run, and the upload benchmark. Every process is a ``pipeline-models`` command; the
+cluster reads each one's ready line to learn its address, and stops them all (SIGTERM,
+then SIGKILL) however the block is left.
+
+Example::
+
+    settings = Settings(database_url=url, storage_root=tmp)
+    with LocalCluster(settings, workers=2, slots=2) as cluster:
+        httpx.post(cluster.api_url + "/upload", ...)
+        cluster.kill_worker(0)
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline_models.errors import PipelineModelsError
+from pipeline_models.settings import Settings
+
+READY_SECONDS = 60.0
+
+
+class ClusterError(PipelineModelsError):
+    """A process of the cluster did not start or died; the message carries its log."""
+
+
+@dataclass
+class ClusterProcess:
+    name: str
+    process: subprocess.Popen[str]
+    log: Path
+    ready_lines: list[str] = field(default_factory=list)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class LocalCluster:
+    """Fakes, the API and ``workers`` worker processes of ``slots`` slots each."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        workers: int = 2,
+        slots: int = 2,
+        python: str = sys.executable,
+    ) -> None:
+        if not settings.database_url:
+            raise ClusterError("a cluster needs a shared database: set settings.database_url")
+        self.settings = settings
+        self.worker_count = workers
+        self.slots = slots
+        self.python = python
+        self.logs = Path(tempfile.mkdtemp(prefix="pipeline-models-cluster-"))
+        self.fakes: ClusterProcess | None = None
+        self.api: ClusterProcess | None = None
+        self.workers: list[ClusterProcess] = []
+        self.api_url = ""
+
+    def _spawn(self, name: str, arguments: list[str], settings: Settings) -> ClusterProcess:
+        log = self.logs / f"{name}.log"
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+        environment.pop("DATABASE_URL", None)
+        environment.update(settings.to_env())
+        with log.open("w") as stderr:
+            process = subprocess.Popen(
+                [self.python, "-m", "pipeline_models.cli", *arguments],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=environment,
+            )
+        return ClusterProcess(name, process, log)
+
+    def _await_ready(self, member: ClusterProcess, lines: int) -> list[str]:
+        """Read ``lines`` ready lines from ``member``'s stdout, or fail with its log."""
+        assert member.process.stdout is not None
+        deadline = time.monotonic() + READY_SECONDS
+        with selectors.DefaultSelector() as selector:
+            selector.register(member.process.stdout, selectors.EVENT_READ)
+            while len(member.ready_lines) < lines:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(timeout=remaining):
+                    raise ClusterError(
+                        f"{member.name} not ready after {READY_SECONDS:g} s:\n{member.log_tail()}"
+                    )
+                line = member.process.stdout.readline()
+                if not line:
+                    raise ClusterError(
+                        f"{member.name} exited with {member.process.wait()}:\n{member.log_tail()}"
+                    )
+                member.ready_lines.append(line.strip())
+        return member.ready_lines
+
+    def start(self) -> LocalCluster:
+        settings = self.settings
+        webhook_flags = [flag for s in settings.webhook_secrets for flag in ("--webhook-secret", s)]
+        self.fakes = self._spawn(
+            "fakes",
+            [
+                "serve-fakes",
+                "--parser-port",
+                "0",
+                "--embeddings-port",
+                "0",
+                "--api-key",
+                settings.embeddings_key,
+                "--auto-deliver-webhooks",
+                *webhook_flags,
+            ],
+            settings,
+        )
+        parser_line, embeddings_line = self._await_ready(self.fakes, 2)
+        settings = settings.with_(
+            parser_url=parser_line.split()[-1],
+            embeddings_url=embeddings_line.split()[-1],
+            parser_key=settings.embeddings_key,
+        )
+        self.api = self._spawn("api", ["serve", "--port", "0"], settings)
+        self.api_url = self._await_ready(self.api, 1)[0].split()[-1]
+        self.settings = settings.with_(webhook_url=f"{self.api_url}/webhooks/parser")
+        for index in range(self.worker_count):
+            name = f"worker{index + 1}"
+            member = self._spawn(
+                name, ["worker", "--slots", str(self.slots), "--name", name], self.settings
+            )
+            self.workers.append(member)
+        for member in self.workers:
+            self._await_ready(member, 1)
+        return self
+
+    def kill_worker(self, index: int, sig: signal.Signals = signal.SIGKILL) -> None:
+        self.workers[index].process.send_signal(sig)
+
+    def stop(self, *, seconds: float = 30.0) -> dict[str, int | None]:
+        """SIGTERM every process (workers first), SIGKILL what outlives ``seconds``."""
+        members = [*self.workers, *(m for m in (self.api, self.fakes) if m is not None)]
+        for member in members:
+            if member.alive:
+                member.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + seconds
+        codes: dict[str, int | None] = {}
+        for member in members:
+            try:
+                codes[member.name] = member.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                member.process.kill()
+                codes[member.name] = member.process.wait()
+            if member.process.stdout is not None:
+                member.process.stdout.close()
+        return codes
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop(seconds=5)
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+__all__ = ["ClusterError", "ClusterProcess", "LocalCluster"]
