@@ -16,11 +16,12 @@ Example::
 from __future__ import annotations
 
 import os
-import selectors
+import queue
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,19 @@ class ClusterProcess:
     process: subprocess.Popen[str]
     log: Path
     ready_lines: list[str] = field(default_factory=list)
+    # A thread drains stdout into this queue, so a chatty child never blocks on a full
+    # pipe and readiness can be awaited with a timeout.
+    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._drain, name=f"{self.name}-stdout", daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.lines.put(line.strip())
+        self.lines.put(None)
 
     @property
     def alive(self) -> bool:
@@ -92,23 +106,20 @@ class LocalCluster:
         return ClusterProcess(name, process, log)
 
     def _await_ready(self, member: ClusterProcess, lines: int) -> list[str]:
-        """Read ``lines`` ready lines from ``member``'s stdout, or fail with its log."""
-        assert member.process.stdout is not None
+        """Wait for ``lines`` ready lines on ``member``'s stdout, or fail with its log."""
         deadline = time.monotonic() + READY_SECONDS
-        with selectors.DefaultSelector() as selector:
-            selector.register(member.process.stdout, selectors.EVENT_READ)
-            while len(member.ready_lines) < lines:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(timeout=remaining):
-                    raise ClusterError(
-                        f"{member.name} not ready after {READY_SECONDS:g} s:\n{member.log_tail()}"
-                    )
-                line = member.process.stdout.readline()
-                if not line:
-                    raise ClusterError(
-                        f"{member.name} exited with {member.process.wait()}:\n{member.log_tail()}"
-                    )
-                member.ready_lines.append(line.strip())
+        while len(member.ready_lines) < lines:
+            try:
+                line = member.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise ClusterError(
+                    f"{member.name} not ready after {READY_SECONDS:g} s:\n{member.log_tail()}"
+                ) from None
+            if line is None:
+                raise ClusterError(
+                    f"{member.name} exited with {member.process.wait()}:\n{member.log_tail()}"
+                )
+            member.ready_lines.append(line)
         return member.ready_lines
 
     def start(self) -> LocalCluster:
@@ -165,8 +176,6 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 member.process.kill()
                 codes[member.name] = member.process.wait()
-            if member.process.stdout is not None:
-                member.process.stdout.close()
         return codes
 
     def __enter__(self) -> LocalCluster:

@@ -145,9 +145,14 @@ class FakeEndpoints:
     embeddings_app: Starlette
 
 
-class _Server(uvicorn.Server):
-    # Two servers in one loop must not take turns installing and restoring signal
-    # handlers; whoever runs the loop (run_fakes, a test) owns the signals.
+class LoopSignalServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to whoever runs the event loop.
+
+    Two servers in one loop must not take turns installing and restoring signal
+    handlers, and a service stopped by SIGTERM should exit 0, not re-raise the signal
+    as uvicorn does after its graceful shutdown.
+    """
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
@@ -172,7 +177,7 @@ def _url(host: str, server: uvicorn.Server) -> str:
 
 async def _start(
     app: ASGIApp, sock: socket.socket, name: str, options: dict[str, Any]
-) -> tuple[_Server, asyncio.Task[None]]:
+) -> tuple[LoopSignalServer, asyncio.Task[None]]:
     config: dict[str, Any] = {
         "lifespan": "off",  # the fakes have no startup work
         "http": "h11",
@@ -183,7 +188,7 @@ async def _start(
         "log_config": None,
         **options,
     }
-    server = _Server(uvicorn.Config(NetworkFaultMiddleware(app), **config))
+    server = LoopSignalServer(uvicorn.Config(NetworkFaultMiddleware(app), **config))
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"serve-fake-{name}")
     while not server.started:
         if task.done():
@@ -194,7 +199,7 @@ async def _start(
     return server, task
 
 
-async def _stop(servers: list[tuple[_Server, asyncio.Task[None]]]) -> None:
+async def _stop(servers: list[tuple[LoopSignalServer, asyncio.Task[None]]]) -> None:
     for server, _ in servers:
         server.should_exit = True
     await asyncio.gather(*(task for _, task in servers), return_exceptions=True)
@@ -248,7 +253,7 @@ async def served_fakes(
 
     options = uvicorn_options or {}
     sockets: list[socket.socket] = []
-    servers: list[tuple[_Server, asyncio.Task[None]]] = []
+    servers: list[tuple[LoopSignalServer, asyncio.Task[None]]] = []
     try:
         sockets.append(_bind(host, parser_port, "parser"))
         sockets.append(_bind(host, embeddings_port, "embeddings"))
@@ -338,6 +343,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PARSER_PORT",
     "FakeEndpoints",
+    "LoopSignalServer",
     "NetworkFaultMiddleware",
     "run_fakes",
     "served_fakes",

@@ -18,6 +18,7 @@ import uvicorn
 
 from pipeline_models.database import Database
 from pipeline_models.errors import DatabaseConfigurationError
+from pipeline_models.fakes.serve import LoopSignalServer
 from pipeline_models.pipeline.api import ApiSettings, create_api
 from pipeline_models.pipeline.config import WorkerConfig
 from pipeline_models.pipeline.reference import ReferencePipeline
@@ -62,9 +63,12 @@ def run_api(
                 )
                 listener = socket.create_server((host, port))
                 bound = listener.getsockname()[1]
-                server = uvicorn.Server(
+                server = LoopSignalServer(
                     uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
                 )
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
                 announce(f"api: http://{host}:{bound}")
                 if database.embedded is not None:
                     announce(f"database: {database.url}")
