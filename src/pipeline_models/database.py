@@ -245,8 +245,17 @@ class Database:
         if strategy is ResetStrategy.TRUNCATE:
             await connection.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
             return
+        names = ",".join(self.tables)
         statements = [f"DELETE FROM {table}" for table in tables]
-        statements.append("SELECT setval(pg_get_serial_sequence('events', 'event_id'), 1, false)")
+        # Identity columns restart too, found in the catalog (cheap, and it sees tables
+        # the checker added after the first reset).
+        statements.append(
+            "SELECT setval(pg_get_serial_sequence(a.attrelid::regclass::text, a.attname), 1, "
+            "false) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE n.nspname = current_schema() AND a.attidentity <> '' "
+            f"AND c.relname = ANY('{{{names}}}'::text[])"
+        )
         # One round trip: a simple-protocol script runs in one implicit transaction.
         await connection.execute(";\n".join(statements))
 

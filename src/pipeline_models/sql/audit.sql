@@ -1,0 +1,75 @@
+-- The checker's own record of every change to a job row. The pipeline never reads or
+-- writes it; the transition and fencing invariants read only this, never the pipeline's
+-- event log. A rolled-back transaction leaves no audit row, so the record holds exactly
+-- the changes that committed, in commit order within a row.
+--
+-- actor: the connection's application_name (each worker connects under its own name;
+-- the API as "pipeline-models api"). at: the actor's clock, read from the row's
+-- updated_at, which every pipeline write sets from the worker's Clock.
+
+
+-- name: install_audit
+CREATE TABLE IF NOT EXISTS checker_job_audit (
+    audit_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    operation text NOT NULL,
+    actor text NOT NULL,
+    job_id uuid NOT NULL,
+    document_id uuid NOT NULL,
+    at timestamptz,
+    old_stage text, new_stage text,
+    old_state text, new_state text,
+    old_owner text, new_owner text,
+    old_lease_expires_at timestamptz, new_lease_expires_at timestamptz,
+    old_next_attempt_at timestamptz, new_next_attempt_at timestamptz,
+    old_retry_count int, new_retry_count int,
+    old_chunks_done int, new_chunks_done int,
+    old_embeddings_done int, new_embeddings_done int,
+    new_last_error text
+);
+
+CREATE OR REPLACE FUNCTION checker_audit_job() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO checker_job_audit (operation, actor, job_id, document_id, at,
+            new_stage, new_state, new_owner, new_lease_expires_at, new_next_attempt_at,
+            new_retry_count, new_chunks_done, new_embeddings_done, new_last_error)
+        VALUES (TG_OP, current_setting('application_name'), NEW.job_id, NEW.document_id,
+            NEW.updated_at, NEW.stage, NEW.state, NEW.owner, NEW.lease_expires_at,
+            NEW.next_attempt_at, NEW.retry_count, NEW.chunks_done, NEW.embeddings_done,
+            NEW.last_error);
+        RETURN NEW;
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO checker_job_audit (operation, actor, job_id, document_id, at,
+            old_stage, new_stage, old_state, new_state, old_owner, new_owner,
+            old_lease_expires_at, new_lease_expires_at, old_next_attempt_at,
+            new_next_attempt_at, old_retry_count, new_retry_count, old_chunks_done,
+            new_chunks_done, old_embeddings_done, new_embeddings_done, new_last_error)
+        VALUES (TG_OP, current_setting('application_name'), NEW.job_id, NEW.document_id,
+            NEW.updated_at, OLD.stage, NEW.stage, OLD.state, NEW.state, OLD.owner, NEW.owner,
+            OLD.lease_expires_at, NEW.lease_expires_at, OLD.next_attempt_at,
+            NEW.next_attempt_at, OLD.retry_count, NEW.retry_count, OLD.chunks_done,
+            NEW.chunks_done, OLD.embeddings_done, NEW.embeddings_done, NEW.last_error);
+        RETURN NEW;
+    ELSE
+        INSERT INTO checker_job_audit (operation, actor, job_id, document_id, at,
+            old_stage, old_state, old_owner, old_lease_expires_at, old_next_attempt_at,
+            old_retry_count, old_chunks_done, old_embeddings_done)
+        VALUES (TG_OP, current_setting('application_name'), OLD.job_id, OLD.document_id,
+            OLD.updated_at, OLD.stage, OLD.state, OLD.owner, OLD.lease_expires_at,
+            OLD.next_attempt_at, OLD.retry_count, OLD.chunks_done, OLD.embeddings_done);
+        RETURN OLD;
+    END IF;
+END;
+$$;
+
+DROP TRIGGER IF EXISTS checker_audit_job ON upload_jobs;
+CREATE TRIGGER checker_audit_job
+    AFTER INSERT OR UPDATE OR DELETE ON upload_jobs
+    FOR EACH ROW EXECUTE FUNCTION checker_audit_job();
+
+
+-- name: audit_since
+-- The audit rows after $1, in order.
+-- $1 after_audit_id bigint
+SELECT * FROM checker_job_audit WHERE audit_id > $1 ORDER BY audit_id;
