@@ -233,8 +233,10 @@ class Database:
 
     @property
     def tables(self) -> tuple[str, ...]:
-        """Every table a reset empties, children first."""
-        return (*self.extra_tables, *(t.name for t in TABLES_CHILDREN_FIRST))
+        """Every table a reset empties: the pipeline's children first, then the extra
+        (checker) tables last, so that what their triggers record of the reset itself
+        is emptied too."""
+        return (*(t.name for t in TABLES_CHILDREN_FIRST), *self.extra_tables)
 
     async def reset(
         self, connection: asyncpg.Connection, strategy: ResetStrategy | None = None

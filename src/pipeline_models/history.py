@@ -104,8 +104,12 @@ class JobChange:
 
     @property
     def moved(self) -> bool:
-        """The row changed position or owner (not only counters or details)."""
-        return self.old != self.new or self.old_owner != self.new_owner
+        """The row changed position, owner or lease (not only counters or details)."""
+        return (
+            self.old != self.new
+            or self.old_owner != self.new_owner
+            or self.old_lease_expires_at != self.new_lease_expires_at
+        )
 
     @property
     def kind(self) -> TransitionKind | None:
@@ -123,8 +127,16 @@ class JobChange:
         if len(candidates) == 1:
             return candidates.pop()
         if candidates >= {TransitionKind.RENEW, TransitionKind.RECLAIM}:
-            same = self.old_owner == self.new_owner
-            return TransitionKind.RENEW if same else TransitionKind.RECLAIM
+            if self.old_owner != self.new_owner:
+                return TransitionKind.RECLAIM
+            # The same worker may claim back its own job after its lease expired (its
+            # step lost the lease, then it claimed again): that is a reclaim, counted.
+            counted = (
+                self.old_retry_count is not None
+                and self.new_retry_count == self.old_retry_count + 1
+            )
+            expired = not lease_live(self)
+            return TransitionKind.RECLAIM if counted and expired else TransitionKind.RENEW
         if candidates >= {TransitionKind.ADVANCE, TransitionKind.WEBHOOK}:
             by_owner = self.old_state == State.WORKING and self.actor == self.old_owner
             return TransitionKind.ADVANCE if by_owner else TransitionKind.WEBHOOK

@@ -49,9 +49,6 @@ def configure_logging(*, level: str = "warning", json_lines: bool = False) -> No
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
-    # The fake parser reads corrupt PDFs on purpose; pypdf would warn about each on
-    # stderr through logging's last-resort handler.
-    logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 
 __all__ = ["JsonFormatter", "TextFormatter", "configure_logging"]

@@ -24,6 +24,7 @@ _OPTIONS = {
         "throwaway server)"
     ),
     "schema": "schema holding the pipeline's tables (default: upload_pipeline)",
+    "profile": "Hypothesis profile of the machines: ci, dev, fuzz or debug (default: ci)",
 }
 
 
@@ -31,6 +32,7 @@ _OPTIONS = {
 class PipelineSettings:
     database_url: str | None
     schema: str
+    profile: str | None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -52,7 +54,15 @@ def pipeline_settings(config: pytest.Config) -> PipelineSettings:
     return PipelineSettings(
         database_url=value("database_url") or os.environ.get("DATABASE_URL") or None,
         schema=value("schema") or "upload_pipeline",
+        profile=value("profile"),
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from pipeline_models import profiles
+
+    profiles.register_profiles()
+    profiles.select_profile(pipeline_settings(config).profile)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -63,7 +73,12 @@ def pytest_report_header(config: pytest.Config) -> str:
         from pipeline_models.database import redact
 
         where = redact(settings.database_url)
-    return f"pipeline-models: database {where}, schema {settings.schema}"
+    from pipeline_models.profiles import active_profile
+
+    return (
+        f"pipeline-models: database {where}, schema {settings.schema}, "
+        f"machine profile {active_profile()}"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +96,19 @@ def pipeline_database(pytestconfig: pytest.Config) -> Iterator[Database]:
         yield database
     finally:
         database.close()
+
+
+@pytest.fixture(scope="session")
+def pipeline_machines(pipeline_database: Database) -> Database:
+    """Point the state machines of :mod:`pipeline_models.machines` at the session's database.
+
+    Use it with ``@pytest.mark.usefixtures("pipeline_machines")`` (or autouse it in a
+    conftest) on the ``TestCase`` of a machine.
+    """
+    from pipeline_models.machines import use_database
+
+    use_database(pipeline_database)
+    return pipeline_database
 
 
 @pytest.fixture

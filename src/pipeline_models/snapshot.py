@@ -93,30 +93,23 @@ def _fields(cls: type, record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def take_snapshot(connection: asyncpg.Connection) -> Snapshot:
-    """Read every pipeline table at one instant."""
-    q = {name: query.sql for name, query in CHECKER_QUERIES.items()}
-    async with connection.transaction(isolation="repeatable_read", readonly=True):
-        documents = {
-            r["document_id"]: DocumentRow(**_fields(DocumentRow, r))
-            for r in await connection.fetch(q["snapshot_documents"])
-        }
-        jobs = {}
-        for r in await connection.fetch(q["snapshot_jobs"]):
-            values = _fields(JobRow, r)
-            values["stage"], values["state"] = Stage(r["stage"]), State(r["state"])
-            jobs[r["job_id"]] = JobRow(**values)
-        chunk_buffer = tuple(
-            ChunkRow(**_fields(ChunkRow, r))
-            for r in await connection.fetch(q["snapshot_chunk_buffer"])
-        )
-        vector_buffer = tuple(
-            VectorRow(r["chunk_id"], r["document_id"], r["vector_sha"], tuple(r["vector"]))
-            for r in await connection.fetch(q["snapshot_vector_buffer"])
-        )
-        final_chunks = tuple(
-            ChunkRow(**{**_fields(ChunkRow, r), "vector": tuple(r["vector"])})
-            for r in await connection.fetch(q["snapshot_final_chunks"])
-        )
+    """Read every pipeline table at one instant (one statement, one round trip)."""
+    row = await connection.fetchrow(CHECKER_QUERIES["snapshot_all"].sql)
+    documents = {r["document_id"]: DocumentRow(**_fields(DocumentRow, r)) for r in row["documents"]}
+    jobs = {}
+    for r in row["jobs"]:
+        values = _fields(JobRow, r)
+        values["stage"], values["state"] = Stage(r["stage"]), State(r["state"])
+        jobs[r["job_id"]] = JobRow(**values)
+    chunk_buffer = tuple(ChunkRow(**_fields(ChunkRow, r)) for r in row["chunk_buffer"])
+    vector_buffer = tuple(
+        VectorRow(r["chunk_id"], r["document_id"], r["vector_sha"], tuple(r["vector"]))
+        for r in row["vector_buffer"]
+    )
+    final_chunks = tuple(
+        ChunkRow(**{**_fields(ChunkRow, r), "vector": tuple(r["vector"])})
+        for r in row["final_chunks"]
+    )
     return Snapshot(documents, jobs, chunk_buffer, vector_buffer, final_chunks)
 
 

@@ -308,7 +308,10 @@ def test_the_package_exports_every_public_strategy_in_sorted_order() -> None:
     assert strategies.__all__ == sorted(strategies.__all__)
     defined = {
         name
-        for module in map(importlib.import_module, ("strategies._documents", "strategies._users"))
+        for module in map(
+            importlib.import_module,
+            ("strategies._documents", "strategies._users", "strategies._faults"),
+        )
         for name, value in vars(module).items()
         if inspect.isfunction(value)
         and value.__module__ == module.__name__

@@ -87,9 +87,14 @@ class EmbeddingsFake(FakeService):
         self.inputs = 0
         self.tokens_billed = 0
         self.embedded_texts: Counter[str] = Counter()
+        # OpenAI's optional ``user`` field tags a request with an end user; the pipeline
+        # sends its document id there, so cost can be counted per document.
+        self.inputs_by_user: Counter[str] = Counter()
 
-    def bill(self, texts: list[str], tokens: int) -> None:
-        """Record one answered embeddings request."""
+    def bill(self, texts: list[str], tokens: int, user: str | None = None) -> None:
+        """Record one answered embeddings request (``user``: the caller's end-user tag)."""
+        if user is not None:
+            self.inputs_by_user[user] += len(texts)
         self.embedding_requests += 1
         self.inputs += len(texts)
         self.tokens_billed += tokens
@@ -291,7 +296,7 @@ def create_embeddings_app(
             }
             for index, text in enumerate(texts)
         ]
-        fake.bill(texts, tokens)
+        fake.bill(texts, tokens, body.get("user") if isinstance(body, dict) else None)
         return JSONResponse(
             {
                 "object": "list",

@@ -19,11 +19,16 @@ pipeline_models.fakes.parsing.ParseFailure: 'blob.bin' is binary: NUL byte at of
 from __future__ import annotations
 
 import io
+import logging
 import math
 import unicodedata
 from dataclasses import dataclass
 
 from pypdf import PdfReader
+
+# This parser reads corrupt PDFs on purpose; pypdf reports each defect through logging,
+# which without a configured handler lands on stderr as noise.
+logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 PDF_MAGIC = b"%PDF-"
 """A file is a PDF when it starts with this, whatever its name."""

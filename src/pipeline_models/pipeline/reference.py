@@ -97,12 +97,23 @@ class ReferencePipeline:
         parser_faults: FaultPlan | None = None,
         embeddings_faults: FaultPlan | None = None,
         pending_polls: int = 0,
+        webhook_url: str | None = None,
+        webhook_secrets: Sequence[str] = (),
     ) -> ReferencePipeline:
-        """The pipeline against in-process fakes (no sockets, deterministic)."""
+        """The pipeline against in-process fakes (no sockets, deterministic).
+
+        With ``webhook_url``, the parser is asked to call back there, signing with
+        ``webhook_secrets``; deliveries wait in ``fakes.parser.outbox`` until sent (set
+        ``fakes.parser.webhook_client`` to reach an in-process API).
+        """
         config = config or WorkerConfig()
         fakes = Fakes(
             create_parser_app(
-                faults=parser_faults, pending_polls=pending_polls, api_key=FAKE_API_KEY
+                faults=parser_faults,
+                pending_polls=pending_polls,
+                api_key=FAKE_API_KEY,
+                webhook_secrets=webhook_secrets,
+                clock=clock,
             ),
             create_embeddings_app(faults=embeddings_faults, api_key=FAKE_API_KEY),
         )
@@ -119,6 +130,7 @@ class ReferencePipeline:
             embeddings_http=embeddings_http,
             embeddings_url="http://embeddings.fake/v1",
             embeddings_key=FAKE_API_KEY,
+            webhook_url=webhook_url,
         )
         return cls(
             database,

@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import httpx
 import openai
@@ -174,12 +174,14 @@ class EmbeddingsClient:
         self.model = model
         self.dimensions = dimensions
 
-    async def embed(self, texts: Sequence[str]) -> Embeddings:
+    async def embed(self, texts: Sequence[str], *, user: str | None = None) -> Embeddings:
+        """Embed ``texts``; ``user`` tags the request (OpenAI's end-user field)."""
+        options: dict[str, Any] = {} if user is None else {"user": user}
         try:
             # No encoding_format: the SDK then asks for base64 and decodes it itself, which
             # is several times cheaper than building a model over a list of floats.
             response = await self.client.embeddings.create(
-                model=self.model, input=list(texts), dimensions=self.dimensions
+                model=self.model, input=list(texts), dimensions=self.dimensions, **options
             )
         except openai.APIStatusError as error:
             raise _status_error(

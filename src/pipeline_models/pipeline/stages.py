@@ -236,7 +236,10 @@ async def embed_batch(step: Step) -> StepResult:
             f"no buffered chunks from ordinal {job.embeddings_done} on, {total} planned"
         )
     texts = [str(row["text"]) for row in rows]
-    embeddings = await step.call(EMBEDDINGS, lambda: step.services.embeddings.embed(texts))
+    embeddings = await step.call(
+        EMBEDDINGS,
+        lambda: step.services.embeddings.embed(texts, user=str(job.document_id)),
+    )
     done = job.embeddings_done + len(rows)
     async with step.commit() as connection:
         now = step.now()

@@ -173,6 +173,8 @@ class Step:
         ``after_call`` is awaited whether the call succeeded or failed (a failed call may
         still have had its effect), but not when the step itself is being cancelled.
         """
+        if self.config.renew_leases:
+            await self.renew_lease()
         breaker = self.worker.breakers[service]
         breaker.before_call()
         await self.checkpoint(Checkpoint.BEFORE_CALL)
@@ -204,6 +206,23 @@ class Step:
         breaker.record_success()
         await self._end_call(stop_heartbeat, heartbeat)
         return result
+
+    async def renew_lease(self) -> None:
+        """A full lease for what comes next; :class:`LeaseLostError` if it is gone already
+        (then the external call is not made: its result could not be committed)."""
+        now = self.now()
+        async with self.worker.connection_lock:
+            renewed = await self.worker.db.fetchval(
+                self.queries["renew_lease"].sql,
+                self.job.job_id,
+                self.worker.name,
+                now,
+                now + timedelta(seconds=self.config.lease_seconds),
+            )
+        if renewed is None:
+            raise LeaseLostError(
+                f"{self.worker.name} lost job {self.job.job_id} before calling a service"
+            )
 
     async def _end_call(self, stop: asyncio.Event, heartbeat: asyncio.Task[None] | None) -> None:
         stop.set()
@@ -442,7 +461,12 @@ class BaseWorker:
             self.stats["idle"] += 1
             return StepResult(StepAction.IDLE)
         if job.state is State.DEADLETTER:
-            # The claim found an expired lease with no retries left and dead-lettered it.
+            # The claim found an expired lease with no retries left and dead-lettered it;
+            # its document is failed too, as on every other way to the dead-letter.
+            try:
+                await self._dead_lettered_by_claim(job)
+            except _CONNECTION_ERRORS as error:
+                raise self._unavailable(error) from error
             self.stats["deadlettered"] += 1
             self.log("deadlettered", job, "lease expired with retries exhausted")
             return StepResult(StepAction.DEADLETTERED, job.job_id, job.stage, job.last_error or "")
@@ -459,6 +483,23 @@ class BaseWorker:
             raise
         self.current_job = None
         return result
+
+    async def _dead_lettered_by_claim(self, job: ClaimedJob) -> None:
+        now = self.clock.now()
+        async with self.connection_lock, self.db.transaction():
+            await self.db.execute(self.queries["mark_document_failed"].sql, job.document_id, now)
+            await self.db.execute(
+                self.queries["insert_event"].sql,
+                job.job_id,
+                job.document_id,
+                job.correlation_id,
+                "deadlettered",
+                job.stage.value,
+                State.DEADLETTER.value,
+                self.name,
+                {"error": job.last_error},
+                now,
+            )
 
     async def _run_step(self, job: ClaimedJob) -> StepResult:
         step = Step(self, job)
@@ -590,7 +631,8 @@ class BaseWorker:
         job = self.current_job
         if job is None:
             return False
-        connection = await self.database.connect(application_name=f"{self.name} release")
+        # Under the worker's own name: it is the worker's write, and audits must say so.
+        connection = await self.database.connect(application_name=self.name)
         try:
             status = await connection.execute(
                 self.queries["release_job"].sql, job.job_id, self.name, self.clock.now()

@@ -371,9 +371,10 @@ RETURNING job_id;
 
 
 -- name: release_job
--- A stopping worker gives its job back: same stage, due now, nothing counted.
+-- A stopping worker gives back a job it still holds: same stage, due now, nothing
+-- counted. An expired lease is left for a reclaim, which counts the attempt.
 -- $1 job_id uuid, $2 owner text, $3 now timestamptz
 UPDATE upload_jobs
 SET state = 'queued', owner = NULL, lease_expires_at = NULL, next_attempt_at = $3,
     updated_at = $3
-WHERE job_id = $1 AND owner = $2 AND state = 'working';
+WHERE job_id = $1 AND owner = $2 AND state = 'working' AND lease_expires_at > $3;

@@ -1,0 +1,435 @@
+"""How a state machine drives a system under test: the Driver protocol and the reference.
+
+The machines in :mod:`pipeline_models.machines` never touch a worker, an HTTP client or
+a table directly: they ask a driver. :class:`ReferenceDriver` drives the reference
+pipeline (its BaseWorkers under the checkpoint scheduler, its upload API in process, its
+fakes). To check another worker, write a driver that starts *your* workers; see
+``docs/drivers.md`` for a worked example.
+
+Two layers, one door: :class:`QueueDriver` is what the job-queue machine needs (workers,
+steps, crashes, time, observation); :class:`PipelineDriver` adds what the document
+pipeline machine needs (uploads, faults, webhooks, operator retries).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import asyncpg
+import httpx
+
+from pipeline_models.clock import ManualClock
+from pipeline_models.database import Database
+from pipeline_models.documents import Document, markdown_document
+from pipeline_models.fakes import FaultPlan, WebhookDelivery
+from pipeline_models.history import AUDIT_TABLE, History, install_audit
+from pipeline_models.invariants import Expectations, Observation
+from pipeline_models.lifecycle import Stage, State
+from pipeline_models.model import ExpectedOutcome, expected_outcome
+from pipeline_models.pipeline.api import ApiSettings, create_api
+from pipeline_models.pipeline.auth import TokenIssuer
+from pipeline_models.pipeline.chunking import Chunker
+from pipeline_models.pipeline.config import WorkerConfig
+from pipeline_models.pipeline.reference import ReferencePipeline
+from pipeline_models.pipeline.webhooks import sign
+from pipeline_models.pipeline.worker import StageHandler
+from pipeline_models.queries import QUERIES, Queries
+from pipeline_models.scheduler import CheckpointScheduler, Outcome, StepReport
+from pipeline_models.snapshot import Snapshot, take_snapshot
+
+# Small everything: a document of a few hundred characters spans several chunks and
+# batches, so every stage repeats within a short program.
+CHECK_CONFIG = WorkerConfig(
+    embed_dimensions=8,
+    chunk_batch_size=2,
+    embed_batch_size=2,
+    chunker=Chunker(min_chars=40, max_chars=120),
+    lease_seconds=30.0,
+    parser_poll_seconds=2.0,
+)
+API_ACTOR = "pipeline-models api"
+_TOKEN_SECRET = "pipeline-models-checker-token-secret-0123456789"
+_WEBHOOK_SECRET = "pipeline-models-checker-webhook-secret"
+_QUEUE_USER = uuid.UUID("00000000-0000-4000-8000-00000000c0de")
+# Schemas whose audit trigger this process installed already (it is idempotent, but DDL
+# per example would cost more than the example).
+_AUDITED: set[str] = set()
+
+
+class WebhookKind(StrEnum):
+    QUEUED = "queued"  # send what the parser has queued
+    DUPLICATE = "duplicate"  # send an already delivered webhook again
+    TAMPERED = "tampered"  # a delivered webhook with its body changed after signing
+    STALE = "stale"  # a genuine webhook signed outside the replay window
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    status: int
+    document_id: uuid.UUID | None = None
+    job_id: uuid.UUID | None = None
+    created: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        return self.status in (200, 201)
+
+
+@runtime_checkable
+class QueueDriver(Protocol):
+    """What the job-queue machine needs from a system under test."""
+
+    clock: ManualClock
+
+    async def setup(self) -> None: ...
+
+    async def teardown(self) -> None: ...
+
+    async def enqueue(self) -> uuid.UUID | None: ...
+
+    async def start_worker(self, name: str) -> None: ...
+
+    async def step(self, name: str) -> StepReport: ...
+
+    async def step_together(self, names: Sequence[str]) -> list[StepReport]: ...
+
+    async def crash(self, name: str) -> None: ...
+
+    async def drop_connection(self, name: str) -> None: ...
+
+    async def observe(self) -> Observation: ...
+
+    def expectations(self) -> Expectations: ...
+
+    async def drain(self) -> tuple[Snapshot, bool]: ...
+
+
+@runtime_checkable
+class PipelineDriver(QueueDriver, Protocol):
+    """What the document-pipeline machine needs on top of the queue layer."""
+
+    async def upload(self, user: uuid.UUID, document: Document) -> UploadOutcome: ...
+
+    async def operator_retry(self, user: uuid.UUID, job_id: uuid.UUID) -> int: ...
+
+    def set_faults(self, service: str, plan: FaultPlan) -> None: ...
+
+    async def deliver_webhooks(self, kind: WebhookKind) -> list[int]: ...
+
+
+class ReferenceDriver:
+    """Drives the reference pipeline: BaseWorkers, the upload API and the fakes, in one
+    event loop, with time on a :class:`ManualClock`."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        config: WorkerConfig = CHECK_CONFIG,
+        queries: Queries = QUERIES,
+        stages: Mapping[Stage, StageHandler] | None = None,
+    ) -> None:
+        """``queries`` and ``stages`` replace the reference worker's (a mutant's bug)."""
+        self.database = database
+        self.queries = queries
+        self.stages = stages
+        if AUDIT_TABLE not in database.extra_tables:
+            database.extra_tables = (*database.extra_tables, AUDIT_TABLE)
+        self.config = config
+        self.clock = ManualClock()
+        self.history = History()
+        self.outcomes: dict[uuid.UUID, ExpectedOutcome] = {}
+        self.owners: dict[uuid.UUID, uuid.UUID] = {}  # job -> user
+        self.workers: set[str] = set()
+        self.tokens = TokenIssuer(_TOKEN_SECRET, clock=self.clock, ttl_seconds=10**9)
+        self._blobs = Path(tempfile.mkdtemp(prefix="pipeline-models-check-"))
+        self._monitor: asyncpg.Connection | None = None
+        self.pipeline: ReferencePipeline | None = None
+        self.scheduler: CheckpointScheduler | None = None
+        self._api_client: httpx.AsyncClient | None = None
+        self._app: object = None
+        self._enqueued = 0
+        self.drain_steps = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        self._monitor = await self.database.connect(application_name="pipeline-models checker")
+        if self.database.schema not in _AUDITED:
+            await install_audit(self._monitor)
+            _AUDITED.add(self.database.schema)
+        await self.database.reset(self._monitor)
+        pipeline = ReferencePipeline.with_fakes(
+            self.database,
+            storage_root=self._blobs,
+            clock=self.clock,
+            config=self.config,
+            webhook_url="http://api.check/webhooks/parser",
+            webhook_secrets=(_WEBHOOK_SECRET,),
+        )
+        app = create_api(
+            pipeline,
+            ApiSettings(token_secret=_TOKEN_SECRET, webhook_secrets=(_WEBHOOK_SECRET,)),
+        )
+        self._app = app
+        self._api_client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api.check"
+        )
+        assert pipeline.fakes is not None
+        pipeline.fakes.parser.webhook_client = self._api_client
+        self.pipeline = pipeline
+        self.scheduler = CheckpointScheduler(self.database)
+        await self.scheduler.start()
+
+    async def teardown(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.close()
+        if self._api_client is not None:
+            await self._api_client.aclose()
+        if self._app is not None:
+            await self._app.state.runtime.close()  # type: ignore[attr-defined]
+        if self.pipeline is not None:
+            await self.pipeline.aclose()
+        if self._monitor is not None:
+            await self._monitor.close()
+        shutil.rmtree(self._blobs, ignore_errors=True)
+
+    @property
+    def _pipeline(self) -> ReferencePipeline:
+        if self.pipeline is None:
+            raise RuntimeError("the driver is not set up: await setup() first")
+        return self.pipeline
+
+    @property
+    def _scheduler(self) -> CheckpointScheduler:
+        if self.scheduler is None:
+            raise RuntimeError("the driver is not set up: await setup() first")
+        return self.scheduler
+
+    @property
+    def monitor(self) -> asyncpg.Connection:
+        if self._monitor is None:
+            raise RuntimeError("the driver is not set up: await setup() first")
+        return self._monitor
+
+    # -- workers and time ------------------------------------------------------------
+
+    async def start_worker(self, name: str) -> None:
+        worker = self._pipeline.worker(name=name, queries=self.queries, stages=self.stages)
+        self.workers.add(name)
+        self._scheduler.add(worker)
+
+    async def step(self, name: str) -> StepReport:
+        return await self._scheduler.step(name)
+
+    async def step_together(self, names: Sequence[str]) -> list[StepReport]:
+        return await self._scheduler.step_together(names)
+
+    async def crash(self, name: str) -> None:
+        await self._scheduler.crash(name)
+
+    async def drop_connection(self, name: str) -> None:
+        await self._scheduler.drop_connection(name)
+
+    def advance_clock(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    # -- the outside world -----------------------------------------------------------
+
+    def _auth(self, user: uuid.UUID) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens.issue(user)}"}
+
+    @property
+    def api(self) -> httpx.AsyncClient:
+        if self._api_client is None:
+            raise RuntimeError("the driver is not set up: await setup() first")
+        return self._api_client
+
+    async def enqueue(self) -> uuid.UUID | None:
+        """One more job: a small, fresh markdown document from a queue-layer user."""
+        self._enqueued += 1
+        text = f"# Job {self._enqueued}\n\n" + "A queued job's document. " * 12
+        return (await self.upload(_QUEUE_USER, markdown_document(text))).job_id
+
+    async def upload(self, user: uuid.UUID, document: Document) -> UploadOutcome:
+        """Upload through the API. Status 0: the request waits on a row lock a parked
+        worker holds (re-uploading bytes whose document a worker is updating); it
+        completes, and is recorded, as soon as that worker commits or dies."""
+
+        async def send() -> UploadOutcome:
+            response = await self.api.post(
+                "/upload",
+                headers=self._auth(user),
+                files={"file": (document.filename, document.data, document.content_type)},
+            )
+            if response.status_code not in (200, 201):
+                return UploadOutcome(response.status_code)
+            body = response.json()
+            document_id, job_id = uuid.UUID(body["document_id"]), uuid.UUID(body["job_id"])
+            if document_id not in self.outcomes:
+                self.outcomes[document_id] = expected_outcome(
+                    document_id, document, config=self.config
+                )
+            self.owners[job_id] = user
+            return UploadOutcome(response.status_code, document_id, job_id, body["created"])
+
+        done, outcome = await self._scheduler.run_in_background(
+            "upload", send, application_name=API_ACTOR
+        )
+        return outcome if done else UploadOutcome(0)
+
+    async def operator_retry(self, user: uuid.UUID, job_id: uuid.UUID) -> int:
+        async def retry() -> int:
+            response = await self.api.post(f"/jobs/{job_id}/retry", headers=self._auth(user))
+            return response.status_code
+
+        done, status = await self._scheduler.run_in_background(
+            f"retry {job_id}", retry, application_name=API_ACTOR
+        )
+        return int(status) if done else 0
+
+    def set_faults(self, service: str, plan: FaultPlan) -> None:
+        fakes = self._pipeline.fakes
+        assert fakes is not None
+        target = fakes.parser if service == "parser" else fakes.embeddings
+        target.faults = plan
+
+    async def deliver_webhooks(self, kind: WebhookKind) -> list[int]:
+        """Send parser webhooks; the receiving API's status codes (0: blocked on a lock)."""
+        fakes = self._pipeline.fakes
+        assert fakes is not None
+        parser = fakes.parser
+        statuses: list[int] = []
+
+        def send(delivery: WebhookDelivery) -> Callable[[], Awaitable[int]]:
+            async def deliver() -> int:
+                result = await parser.redeliver(delivery)
+                return int(result.status_code or 0)
+
+            return deliver
+
+        if kind is WebhookKind.QUEUED:
+            for delivery in list(parser.outbox):
+                statuses.append(await self._send(send(delivery)))
+            return statuses
+        if not parser.delivered:
+            return statuses
+        original = parser.delivered[-1]
+        if kind is WebhookKind.DUPLICATE:
+            statuses.append(await self._send(send(original)))
+        elif kind is WebhookKind.TAMPERED:
+            forged = replace(original, body=original.body.replace(b"SUCCESS", b"ERROR\x20"))
+            statuses.append(await self._send(send(forged)))
+        else:
+            stale_at = int(self.clock.now().timestamp()) - 301
+            headers = {
+                **original.headers,
+                **sign(original.body, secrets=(_WEBHOOK_SECRET,), timestamp=stale_at),
+            }
+            statuses.append(await self._send(send(replace(original, headers=headers))))
+        return statuses
+
+    async def _send(self, operation: Callable[[], Awaitable[int]]) -> int:
+        done, status = await self._scheduler.run_in_background(
+            "webhook", operation, application_name=API_ACTOR
+        )
+        return int(status) if done else 0
+
+    # -- observation -----------------------------------------------------------------
+
+    def _blob_keys(self) -> frozenset[str]:
+        root = self._blobs
+        keys = set()
+        for directory, _, files in os.walk(root / "raw"):
+            for name in files:
+                if not name.startswith("."):
+                    keys.add(str(Path(directory, name).relative_to(root)))
+        return frozenset(keys)
+
+    async def observe(self) -> Observation:
+        await self._scheduler.settle_background()
+        snapshot = await take_snapshot(self.monitor)
+        new = await self.history.refresh(self.monitor)
+        fakes = self._pipeline.fakes
+        assert fakes is not None
+        inputs = {uuid.UUID(user): count for user, count in fakes.embeddings.inputs_by_user.items()}
+        return Observation(
+            snapshot=snapshot,
+            changes=tuple(new),
+            history=tuple(self.history.changes),
+            blobs=self._blob_keys(),
+            embedding_inputs=inputs,
+        )
+
+    def expectations(self) -> Expectations:
+        return Expectations(
+            outcomes=dict(self.outcomes), workers=frozenset(self.workers), config=self.config
+        )
+
+    async def drain(self, *, max_rounds: int = 2000) -> tuple[Snapshot, bool]:
+        """Heal every fault, then run the workers until no job is live.
+
+        Jobs dead-lettered by the faults this run injected get one operator retry each,
+        with the faults healed; after that every job must end as the model predicts.
+        Returns the final snapshot and whether the jobs settled within ``max_rounds``.
+        """
+        self.set_faults("parser", FaultPlan.healthy())
+        self.set_faults("embeddings", FaultPlan.healthy())
+        live = [n for n, slot in self._scheduler.slots.items() if not slot.crashed]
+        for name in ("drainer-1", "drainer-2"):
+            if name not in self._scheduler.slots:
+                await self.start_worker(name)
+                live.append(name)
+        if not await self._run_until_settled(live, max_rounds):
+            return await take_snapshot(self.monitor), False
+        retried = False
+        for job in (await take_snapshot(self.monitor)).jobs.values():
+            outcome = self.outcomes.get(job.document_id)
+            unexpected = outcome is not None and (outcome.state, outcome.stage) != (
+                job.state,
+                job.stage,
+            )
+            if job.state is State.DEADLETTER and unexpected:
+                await self.operator_retry(self.owners[job.job_id], job.job_id)
+                retried = True
+        settled = not retried or await self._run_until_settled(live, max_rounds)
+        return await take_snapshot(self.monitor), settled
+
+    async def _run_until_settled(self, names: Iterable[str], max_rounds: int) -> bool:
+        names = list(names)
+        for _ in range(max_rounds):
+            progressed = False
+            for name in names:
+                report = await self._scheduler.run_whole_step(name)
+                self.drain_steps += 1
+                if report.outcome not in (Outcome.IDLE, Outcome.BLOCKED):
+                    progressed = True
+            await self.deliver_webhooks(WebhookKind.QUEUED)
+            await self._scheduler.settle_background()
+            if progressed:
+                continue
+            if not await self.monitor.fetchval(QUERIES["count_live_jobs"].sql):
+                return True
+            due = await self.monitor.fetchval(QUERIES["next_due_at"].sql)
+            if due is not None and due > self.clock.now():
+                self.clock.set(due)
+        return False
+
+
+__all__ = [
+    "API_ACTOR",
+    "CHECK_CONFIG",
+    "PipelineDriver",
+    "QueueDriver",
+    "ReferenceDriver",
+    "UploadOutcome",
+    "WebhookKind",
+]

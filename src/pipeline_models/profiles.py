@@ -1,0 +1,102 @@
+"""Hypothesis settings profiles for the machines: ci, dev, fuzz and debug.
+
+=======  ==================================================================
+ci       fast and repeatable: derandomized, 25 examples of up to 40 rules
+dev      the default of ``pipeline-models check``: 60 examples of up to 60 rules
+fuzz     long sessions: 10,000 examples of up to 100 rules, random seeds
+debug    a few examples, every rule printed as it runs
+=======  ==================================================================
+
+The pytest plugin registers them and selects one with ``--pipeline-profile`` (or the
+``pipeline_profile`` ini key, or ``PIPELINE_MODELS_PROFILE``); machines take their
+settings from :func:`machine_settings`.
+
+>>> machine_settings("ci").derandomize
+True
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hypothesis import HealthCheck, Verbosity, settings
+
+DEFAULT_PROFILE = "ci"
+ENVIRONMENT_VARIABLE = "PIPELINE_MODELS_PROFILE"
+
+_SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "ci": {
+        "max_examples": 25,
+        "stateful_step_count": 40,
+        "derandomize": True,
+        "deadline": None,
+        "print_blob": True,
+        "suppress_health_check": _SLOW_IS_FINE,
+    },
+    "dev": {
+        "max_examples": 60,
+        "stateful_step_count": 60,
+        "deadline": None,
+        "print_blob": True,
+        "suppress_health_check": _SLOW_IS_FINE,
+    },
+    "fuzz": {
+        "max_examples": 10_000,
+        "stateful_step_count": 100,
+        "deadline": None,
+        "print_blob": True,
+        "suppress_health_check": _SLOW_IS_FINE,
+    },
+    "debug": {
+        "max_examples": 5,
+        "stateful_step_count": 30,
+        "deadline": None,
+        "verbosity": Verbosity.verbose,
+        "print_blob": True,
+        "suppress_health_check": _SLOW_IS_FINE,
+    },
+}
+
+_active: str | None = None
+
+
+def register_profiles() -> None:
+    """Register every profile with Hypothesis (under its plain name)."""
+    for name, values in PROFILES.items():
+        settings.register_profile(name, **values)
+
+
+def select_profile(name: str | None) -> str:
+    """Choose the profile machines use in this process; returns the name chosen."""
+    global _active
+    chosen = name or os.environ.get(ENVIRONMENT_VARIABLE) or DEFAULT_PROFILE
+    if chosen not in PROFILES:
+        raise ValueError(f"no profile {chosen!r}; the profiles are: {', '.join(PROFILES)}")
+    _active = chosen
+    return chosen
+
+
+def active_profile() -> str:
+    return _active or select_profile(None)
+
+
+def machine_settings(name: str | None = None, **overrides: Any) -> settings:
+    """Hypothesis settings for a machine: the named (or active) profile, plus overrides."""
+    chosen = name or active_profile()
+    if chosen not in PROFILES:
+        raise ValueError(f"no profile {chosen!r}; the profiles are: {', '.join(PROFILES)}")
+    return settings(**{**PROFILES[chosen], **overrides})
+
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "ENVIRONMENT_VARIABLE",
+    "PROFILES",
+    "active_profile",
+    "machine_settings",
+    "register_profiles",
+    "select_profile",
+]

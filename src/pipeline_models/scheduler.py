@@ -1,0 +1,413 @@
+"""The deterministic checkpoint scheduler: Hypothesis chooses which worker runs next.
+
+Every worker runs its steps as an asyncio task that parks at each checkpoint (claimed,
+before_call, after_call, before_commit, committed). :meth:`CheckpointScheduler.step`
+resumes one worker until its next checkpoint (or the end of its step), so the order in
+which workers touch the database is exactly the order of the machine's rules, and a
+shrunk failure replays the same interleaving.
+
+A worker may block on a row lock another parked worker holds (a zombie's fence waiting
+for the new owner's transaction, a webhook waiting for a worker's commit). The scheduler
+sees it in ``pg_stat_activity`` and reports the step as blocked instead of hanging; the
+worker moves on by itself once the lock is released, and the scheduler waits for it to
+settle before the next rule.
+
+``crash`` terminates the worker's backend (its open transaction rolls back), closes its
+connection client-side and cancels its task: memory is lost, external calls already made
+stay made. ``drop_connection`` only terminates the backend: the worker notices at its
+next query and reconnects. ``run_freely`` lets every worker run in parallel for a while,
+for races that need real timing.
+
+Example::
+
+    scheduler = CheckpointScheduler(database)
+    await scheduler.start()
+    scheduler.add(pipeline.worker(name="w1"))
+    report = await scheduler.step("w1")     # claimed
+    report = await scheduler.step("w1")     # before_call ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+
+from pipeline_models.database import Database
+from pipeline_models.errors import DatabaseUnavailableError, PipelineModelsError
+from pipeline_models.lifecycle import Stage
+from pipeline_models.pipeline.checkpoints import Checkpoint
+from pipeline_models.pipeline.worker import BaseWorker, ClaimedJob, StepResult
+
+# How long a step may run before its worker's backend is checked for a lock wait: most
+# steps park again within a millisecond or two, so a blocked one is rare and may wait.
+_POLL_SECONDS = 0.02
+# A step that neither parks, finishes nor blocks within this is a hang: a bug.
+HANG_SECONDS = 30.0
+
+
+class SchedulerError(PipelineModelsError):
+    """The scheduler was asked something impossible (unknown or crashed worker, a hang)."""
+
+
+class Outcome(StrEnum):
+    PARKED = "parked"  # stopped at a checkpoint, waiting for its next step
+    FINISHED = "finished"  # completed a whole step (claim ... commit)
+    IDLE = "idle"  # nothing was due
+    BLOCKED = "blocked"  # waiting on a row lock another actor holds
+    CONNECTION_LOST = "connection_lost"  # its connection died; it reconnects next step
+    CRASHED = "crashed"  # killed: backend terminated, task cancelled
+
+
+@dataclass(frozen=True)
+class StepReport:
+    worker: str
+    outcome: Outcome
+    checkpoint: Checkpoint | None = None
+    stage: Stage | None = None
+    result: StepResult | None = None
+
+    def __str__(self) -> str:
+        where = f" at {self.checkpoint}" if self.checkpoint else ""
+        stage = f" ({self.stage})" if self.stage else ""
+        result = f": {self.result}" if self.result else ""
+        return f"{self.worker} {self.outcome}{where}{stage}{result}"
+
+
+@dataclass(eq=False)
+class _Slot:
+    worker: BaseWorker
+    task: asyncio.Task[StepResult] | None = None
+    parked_at: Checkpoint | None = None
+    parked_job: ClaimedJob | None = None
+    resume: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    backend_pid: int | None = None
+    crashed: bool = False
+    reconnect: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done() and self.parked_at is None
+
+
+class CheckpointScheduler:
+    """Owns a set of workers and runs each one checkpoint at a time."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.slots: dict[str, _Slot] = {}
+        self.background: list[tuple[str, asyncio.Task[Any]]] = []
+        self.free = False
+        self._admin: asyncpg.Connection | None = None
+        # Background operations are recognised in pg_stat_activity by the
+        # application_name of the connections they use.
+        self._application_names: dict[int, str] = {}
+
+    async def start(self) -> None:
+        self._admin = await self.database.connect(application_name="pipeline-models scheduler")
+
+    async def close(self) -> None:
+        for name in list(self.slots):
+            await self.crash(name)
+        for _, task in self.background:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        if self._admin is not None:
+            await self._admin.close()
+
+    @property
+    def admin(self) -> asyncpg.Connection:
+        if self._admin is None:
+            raise SchedulerError("the scheduler is not started: await start() first")
+        return self._admin
+
+    def add(self, worker: BaseWorker) -> None:
+        """Put ``worker`` (started or not) under the scheduler's control."""
+        if worker.name in self.slots:
+            raise SchedulerError(f"a worker named {worker.name!r} is already scheduled")
+        worker.checkpoints = self._checkpoint
+        self.slots[worker.name] = _Slot(worker, reconnect=True)
+
+    async def _checkpoint(
+        self, worker: str, checkpoint: Checkpoint, job: ClaimedJob | None
+    ) -> None:
+        if self.free:
+            return
+        slot = self.slots[worker]
+        slot.parked_at, slot.parked_job = checkpoint, job
+        slot.resume = asyncio.Event()
+        slot.arrived.set()
+        try:
+            await slot.resume.wait()
+        finally:
+            slot.parked_at = None
+
+    def _slot(self, name: str) -> _Slot:
+        try:
+            slot = self.slots[name]
+        except KeyError:
+            raise SchedulerError(
+                f"no worker named {name!r}; scheduled: {', '.join(self.slots) or 'none'}"
+            ) from None
+        if slot.crashed:
+            raise SchedulerError(f"worker {name!r} has crashed; restart it under a new name")
+        return slot
+
+    async def step(self, name: str) -> StepReport:
+        """Resume ``name`` until its next checkpoint, the end of its step, or a lock wait."""
+        slot = self._slot(name)
+        if slot.task is not None and not slot.task.done() and slot.parked_at is None:
+            # Still blocked (or running) from an earlier step: let it settle first.
+            report = await self._settle(slot)
+            await self._settle_others(slot)
+            return report
+        slot.arrived.clear()
+        if slot.task is None or slot.task.done():
+            if slot.reconnect:
+                await slot.worker.close()
+                await slot.worker.start()
+                slot.backend_pid = await slot.worker.backend_pid()
+                slot.reconnect = False
+            slot.task = asyncio.create_task(slot.worker.run_once(), name=f"{name}-step")
+        else:
+            slot.resume.set()
+        report = await self._settle(slot)
+        await self._settle_others(slot)
+        return report
+
+    async def _settle(self, slot: _Slot, *, was_blocked: bool = False) -> StepReport:
+        """Wait until the slot parks, finishes, or waits on a lock.
+
+        ``was_blocked``: it waited on a lock when last seen; if it still does, say so at
+        once instead of waiting for it first.
+        """
+        assert slot.task is not None
+        name = slot.worker.name
+        if was_blocked and not slot.task.done() and await self._waits_on_lock(slot.backend_pid):
+            return StepReport(name, Outcome.BLOCKED)
+        deadline = time.monotonic() + HANG_SECONDS
+        while True:
+            if slot.arrived.is_set() and slot.parked_at is not None:
+                slot.arrived.clear()
+                job = slot.parked_job
+                return StepReport(name, Outcome.PARKED, slot.parked_at, job.stage if job else None)
+            if slot.task.done():
+                slot.arrived.clear()
+                return self._finished(slot)
+            arrived = asyncio.ensure_future(slot.arrived.wait())
+            await asyncio.wait(
+                {arrived, slot.task}, timeout=_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+            arrived.cancel()
+            if slot.arrived.is_set() or slot.task.done():
+                continue
+            if await self._waits_on_lock(slot.backend_pid):
+                return StepReport(name, Outcome.BLOCKED)
+            if time.monotonic() > deadline:
+                raise SchedulerError(f"{name} neither parked nor finished in {HANG_SECONDS} s")
+
+    def _finished(self, slot: _Slot) -> StepReport:
+        assert slot.task is not None
+        name = slot.worker.name
+        try:
+            result = slot.task.result()
+        except DatabaseUnavailableError:
+            slot.reconnect = True
+            return StepReport(name, Outcome.CONNECTION_LOST)
+        if result.action.value == "idle":
+            return StepReport(name, Outcome.IDLE, result=result)
+        return StepReport(name, Outcome.FINISHED, stage=result.stage, result=result)
+
+    async def _settle_others(self, stepped: _Slot) -> None:
+        """Actors that were blocked may have been released by this step: let them run
+        to their next checkpoint before the next rule, so no two run at once."""
+        for slot in self.slots.values():
+            if slot is not stepped and not slot.crashed and slot.running:
+                await self._settle(slot, was_blocked=True)
+        for entry in list(self.background):
+            label, task = entry
+            if not task.done():
+                await self._settle_background(label, task, was_blocked=True)
+
+    async def _waits_on_lock(self, pid: int | None) -> bool:
+        if pid is None:
+            return False
+        event = await self.admin.fetchval(
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid
+        )
+        return bool(event == "Lock")
+
+    async def run_in_background(
+        self, label: str, operation: Callable[[], Awaitable[Any]], *, application_name: str
+    ) -> tuple[bool, Any]:
+        """Run a non-worker actor's operation (an API request) like a step.
+
+        Returns (True, result) when it completed, (False, None) when it is blocked on a
+        lock held by a parked worker; it then completes by itself later, and
+        :meth:`settle_background` returns what it returned.
+        """
+        task = asyncio.ensure_future(operation())
+        self._application_names[id(task)] = application_name
+        blocked = await self._settle_background(label, task)
+        if blocked:
+            self.background.append((label, task))
+            return False, None
+        return True, task.result()
+
+    async def _settle_background(
+        self, label: str, task: asyncio.Future[Any], *, was_blocked: bool = False
+    ) -> bool:
+        deadline = time.monotonic() + HANG_SECONDS
+        name = self._application_names.get(id(task))
+        if was_blocked and name is not None and await self._application_waits_on_lock(name):
+            return True
+        while not task.done():
+            await asyncio.wait({task}, timeout=_POLL_SECONDS)
+            if task.done():
+                break
+            if name is not None and await self._application_waits_on_lock(name):
+                return True
+            if time.monotonic() > deadline:
+                raise SchedulerError(f"{label} neither finished nor blocked in {HANG_SECONDS} s")
+        return False
+
+    async def _application_waits_on_lock(self, application_name: str) -> bool:
+        waiting = await self.admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = $1 AND wait_event_type = 'Lock'",
+            application_name,
+        )
+        return bool(waiting)
+
+    async def settle_background(self) -> list[tuple[str, Any]]:
+        """Finished background operations (label, result or exception), removed."""
+        finished = []
+        for entry in list(self.background):
+            label, task = entry
+            if task.done():
+                self.background.remove(entry)
+                error = task.exception()
+                finished.append((label, error if error is not None else task.result()))
+        return finished
+
+    async def step_together(self, names: Sequence[str]) -> list[StepReport]:
+        """Concurrent mode for one step: every named worker resumes at the same instant, so
+        their queries race in the database for real (claims against claims, say). The
+        database decides the order, not the machine: this is the one nondeterministic
+        move, for the races only real timing shows."""
+        slots = [self._slot(name) for name in names]
+        for slot in slots:
+            if slot.task is not None and not slot.task.done() and slot.parked_at is None:
+                return [await self._settle(slot) for slot in slots]
+        for slot in slots:
+            slot.arrived.clear()
+            if slot.reconnect:
+                await slot.worker.close()
+                await slot.worker.start()
+                slot.backend_pid = await slot.worker.backend_pid()
+                slot.reconnect = False
+        for slot in slots:
+            if slot.task is None or slot.task.done():
+                slot.task = asyncio.create_task(
+                    slot.worker.run_once(), name=f"{slot.worker.name}-step"
+                )
+            else:
+                slot.resume.set()
+        reports = [await self._settle(slot) for slot in slots]
+        await self._settle_others(slots[0])
+        return reports
+
+    async def run_whole_step(self, name: str) -> StepReport:
+        """Run ``name`` through one whole step without parking at its checkpoints.
+
+        For the drain, where only the ending matters: still one worker at a time, so the
+        run stays deterministic, without the cost of stopping at every seam. A step
+        already in progress is first finished checkpoint by checkpoint.
+        """
+        slot = self._slot(name)
+        report = StepReport(name, Outcome.PARKED)
+        if slot.task is not None and not slot.task.done():
+            report = await self.step(name)
+            while report.outcome is Outcome.PARKED:
+                report = await self.step(name)
+            return report
+        if slot.reconnect:
+            await slot.worker.close()
+            await slot.worker.start()
+            slot.backend_pid = await slot.worker.backend_pid()
+            slot.reconnect = False
+        # Nothing is parked, so nothing holds a lock this step could wait on: run it.
+        self.free = True
+        try:
+            slot.task = asyncio.create_task(slot.worker.run_once(), name=f"{name}-step")
+            with contextlib.suppress(DatabaseUnavailableError):
+                await slot.task
+            return self._finished(slot)
+        finally:
+            self.free = False
+
+    async def crash(self, name: str) -> StepReport:
+        """Kill ``name``: its backend is terminated (rolling back any open transaction),
+        its connection closed and its task cancelled; the worker is gone for good."""
+        slot = self.slots.get(name)
+        if slot is None or slot.crashed:
+            return StepReport(name, Outcome.CRASHED)
+        slot.crashed = True
+        if slot.backend_pid is not None:
+            await self.admin.execute("SELECT pg_terminate_backend($1)", slot.backend_pid)
+        connection = slot.worker._connection
+        if connection is not None and not connection.is_closed():
+            # Close client-side before cancelling, or asyncpg tries to roll back on the
+            # dead socket and fails inside the task.
+            connection.terminate()
+        if slot.task is not None and not slot.task.done():
+            slot.task.cancel()
+            with contextlib.suppress(BaseException):
+                await slot.task
+        return StepReport(name, Outcome.CRASHED)
+
+    async def drop_connection(self, name: str) -> None:
+        """Terminate ``name``'s backend only; the worker finds out at its next query."""
+        slot = self._slot(name)
+        if slot.backend_pid is not None:
+            await self.admin.execute("SELECT pg_terminate_backend($1)", slot.backend_pid)
+
+    async def run_freely(self, seconds: float) -> None:
+        """Concurrent mode: every live worker runs steps in parallel for ``seconds``."""
+        live = [s for s in self.slots.values() if not s.crashed]
+        for slot in live:
+            if slot.parked_at is not None:
+                slot.resume.set()
+        self.free = True
+        try:
+            for slot in live:
+                if slot.task is not None and not slot.task.done():
+                    with contextlib.suppress(DatabaseUnavailableError):
+                        await slot.task
+            stop = asyncio.Event()
+            runners = [asyncio.create_task(s.worker.run(stop)) for s in live]
+            await asyncio.sleep(seconds)
+            stop.set()
+            await asyncio.gather(*runners, return_exceptions=True)
+        finally:
+            self.free = False
+            for slot in live:
+                slot.task = None
+                slot.reconnect = True
+
+
+__all__ = [
+    "HANG_SECONDS",
+    "CheckpointScheduler",
+    "Outcome",
+    "SchedulerError",
+    "StepReport",
+]
