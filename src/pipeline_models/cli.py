@@ -35,6 +35,42 @@ def main(log_level: str, log_json: bool) -> None:
 
 @main.command()
 @_DATABASE_URL
+@click.option(
+    "--profile",
+    default="dev",
+    show_default=True,
+    type=click.Choice(["ci", "dev", "fuzz", "debug"]),
+    help="Hypothesis settings profile.",
+)
+@click.option(
+    "--machine",
+    default="pipeline",
+    show_default=True,
+    type=click.Choice(["pipeline", "queue"]),
+    help="The document pipeline machine, or the job-queue layer alone.",
+)
+@click.option("--max-examples", type=click.IntRange(1), default=None, help="Override the profile.")
+def check(database_url: str | None, profile: str, machine: str, max_examples: int | None) -> None:
+    """Model-check the reference pipeline: state machines, invariants after every rule.
+
+    Exits 0 when no invariant failed; otherwise prints the shrunk program and exits 1.
+    """
+    from pipeline_models.check import run_check
+    from pipeline_models.database import Database
+
+    try:
+        with Database.from_environment(database_url) as database:
+            report = run_check(
+                database, machine=machine, profile=profile, max_examples=max_examples
+            )
+    except PipelineModelsError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(report.render())
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@_DATABASE_URL
 @click.option("-n", "--documents", default=20, show_default=True, type=click.IntRange(1))
 @click.option("-w", "--workers", default=4, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, help="Seed of the sample corpus.")

@@ -107,6 +107,8 @@ class QueueDriver(Protocol):
 
     async def observe(self) -> Observation: ...
 
+    async def snapshot(self) -> Snapshot: ...
+
     def expectations(self) -> Expectations: ...
 
     async def drain(self) -> tuple[Snapshot, bool]: ...
@@ -368,6 +370,11 @@ class ReferenceDriver:
             blobs=self._blob_keys(),
             embedding_inputs=inputs,
         )
+
+    async def snapshot(self) -> Snapshot:
+        """The tables now, without consuming the audit trail (rules may look; only the
+        invariant check reads what changed)."""
+        return await take_snapshot(self.monitor)
 
     def expectations(self) -> Expectations:
         return Expectations(

@@ -348,15 +348,15 @@ class PipelineMachine(QueueMachine):
 
     @rule(pick=st.integers(0, 7))
     def retry_a_dead_letter_as_operator(self, pick: int) -> None:
-        observation = self._run(self.driver.observe())
+        snapshot = self._run(self.driver.snapshot())
         dead = sorted(
-            (job for job in observation.snapshot.jobs.values() if job.state is State.DEADLETTER),
+            (job for job in snapshot.jobs.values() if job.state is State.DEADLETTER),
             key=lambda job: str(job.job_id),
         )
         if not dead:
             return
         job = dead[pick % len(dead)]
-        owner = observation.snapshot.documents[job.document_id].user_id
+        owner = snapshot.documents[job.document_id].user_id
         status = self._run(self.pipeline.operator_retry(owner, job.job_id))
         assert status in (0, 200), f"the operator retry of a dead letter was answered {status}"
         event("operator retry")

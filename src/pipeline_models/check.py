@@ -1,0 +1,110 @@
+"""``pipeline-models check``: run the state machines and report what they explored.
+
+Prints examples, rules, worker steps and steps per second, which lifecycle transitions
+were covered out of the allowed set, which invariants were checked, and any failure as
+the shrunk program Hypothesis found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from hypothesis.stateful import run_state_machine_as_test
+
+from pipeline_models import machines
+from pipeline_models.database import Database
+from pipeline_models.invariants import INVARIANTS
+from pipeline_models.lifecycle import TransitionKind
+from pipeline_models.profiles import machine_settings, register_profiles
+from pipeline_models.tables import format_table
+
+MACHINES: dict[str, type[machines.QueueMachine]] = {
+    "pipeline": machines.PipelineMachine,
+    "queue": machines.QueueMachine,
+}
+
+
+@dataclass
+class CheckReport:
+    machine: str
+    profile: str
+    database: str
+    seconds: float = 0.0
+    statistics: machines.RunStatistics = field(default_factory=machines.RunStatistics)
+    failure: str | None = None
+    program: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def render(self) -> str:
+        stats = self.statistics
+        steps = stats.steps + stats.drain_steps
+        rate = steps / self.seconds if self.seconds else 0.0
+        covered = [kind for kind in TransitionKind if stats.transitions[kind]]
+        lines = [
+            f"pipeline-models check: {self.machine} machine, profile {self.profile}, "
+            f"{self.database}",
+            f"{stats.examples} examples, {stats.rules} rules, {steps} worker steps "
+            f"({stats.steps} in rules, {stats.drain_steps} in drains) in {self.seconds:.1f} s:"
+            f" {rate:.0f} steps/s, {stats.rules / self.seconds if self.seconds else 0:.0f}"
+            " rules/s",
+            f"invariants checked after every rule ({stats.checks} checks): "
+            f"{', '.join(INVARIANTS)}; liveness at every drain",
+            "",
+            f"transitions covered: {len(covered)} of {len(TransitionKind)}",
+            format_table(
+                ["transition", "seen"],
+                [[kind.value, stats.transitions[kind]] for kind in TransitionKind],
+            ),
+            "",
+        ]
+        if self.ok:
+            lines.append("OK: no invariant failed")
+        else:
+            lines.append("FAILED, shrunk to:")
+            lines.extend(f"    {line}" for line in self.program)
+            lines.append("")
+            lines.append(self.failure or "")
+        return "\n".join(lines)
+
+
+def _program(error: BaseException) -> list[str]:
+    notes = "\n".join(getattr(error, "__notes__", []))
+    return [
+        line.rstrip()
+        for line in notes.splitlines()
+        if line.strip().startswith("state") and "database_agrees_with_the_model" not in line
+    ]
+
+
+def run_check(
+    database: Database,
+    *,
+    machine: str = "pipeline",
+    profile: str = "dev",
+    max_examples: int | None = None,
+) -> CheckReport:
+    """Run ``machine`` with ``profile`` against ``database``; the report."""
+    register_profiles()
+    asyncio.run(database.ensure_schema())
+    machines.use_database(database)
+    machines.STATISTICS.__init__()  # type: ignore[misc]
+    overrides = {} if max_examples is None else {"max_examples": max_examples}
+    settings = machine_settings(profile, report_multiple_bugs=False, **overrides)
+    report = CheckReport(machine, profile, database.display_url)
+    started = time.perf_counter()
+    try:
+        run_state_machine_as_test(MACHINES[machine], settings=settings)
+    except Exception as error:
+        report.failure = f"{type(error).__name__}: {error}"
+        report.program = _program(error)
+    report.seconds = time.perf_counter() - started
+    report.statistics = machines.STATISTICS
+    return report
+
+
+__all__ = ["MACHINES", "CheckReport", "run_check"]
