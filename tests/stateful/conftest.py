@@ -14,7 +14,7 @@ def _machines_use_the_session_database(pipeline_machines: object) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The coverage test judges the whole run: it goes last.
-    items.sort(key=lambda item: item.module.__name__.endswith("test_transition_coverage"))
+    items.sort(key=lambda item: "test_transition_coverage.py" in item.nodeid)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
