@@ -171,17 +171,21 @@ class CheckpointScheduler:
             return report
         slot.arrived.clear()
         if slot.task is None or slot.task.done():
-            if slot.reconnect:
-                await slot.worker.close()
-                await slot.worker.start()
-                slot.backend_pid = await slot.worker.backend_pid()
-                slot.reconnect = False
+            await self._connect(slot)
             slot.task = asyncio.create_task(slot.worker.run_once(), name=f"{name}-step")
         else:
             slot.resume.set()
         report = await self._settle(slot)
         await self._settle_others(slot)
         return report
+
+    async def _connect(self, slot: _Slot) -> None:
+        """A new connection for a worker that has none yet, or whose connection died."""
+        if slot.reconnect:
+            await slot.worker.close()
+            await slot.worker.start()
+            slot.backend_pid = await slot.worker.backend_pid()
+            slot.reconnect = False
 
     async def _settle(self, slot: _Slot, *, was_blocked: bool = False) -> StepReport:
         """Wait until the slot parks, finishes, or waits on a lock.
@@ -309,11 +313,7 @@ class CheckpointScheduler:
                 return [await self._settle(slot) for slot in slots]
         for slot in slots:
             slot.arrived.clear()
-            if slot.reconnect:
-                await slot.worker.close()
-                await slot.worker.start()
-                slot.backend_pid = await slot.worker.backend_pid()
-                slot.reconnect = False
+            await self._connect(slot)
         for slot in slots:
             if slot.task is None or slot.task.done():
                 slot.task = asyncio.create_task(
@@ -339,11 +339,7 @@ class CheckpointScheduler:
             while report.outcome is Outcome.PARKED:
                 report = await self.step(name)
             return report
-        if slot.reconnect:
-            await slot.worker.close()
-            await slot.worker.start()
-            slot.backend_pid = await slot.worker.backend_pid()
-            slot.reconnect = False
+        await self._connect(slot)
         # Nothing is parked, so nothing holds a lock this step could wait on: run it.
         self.free = True
         try:
