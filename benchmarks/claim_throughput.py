@@ -27,7 +27,7 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 BARE_SELECT = """
 SELECT job_id FROM upload_jobs
 WHERE state = 'queued' AND next_attempt_at <= $1
-ORDER BY next_attempt_at, job_id
+ORDER BY next_attempt_at, job_seq
 LIMIT 1
 FOR UPDATE SKIP LOCKED
 """

@@ -349,9 +349,13 @@ class PipelineMachine(QueueMachine):
     @rule(pick=st.integers(0, 7))
     def retry_a_dead_letter_as_operator(self, pick: int) -> None:
         snapshot = self._run(self.driver.snapshot())
+        # Ordered by what the program uploaded, not by random ids, so a replay picks alike.
         dead = sorted(
             (job for job in snapshot.jobs.values() if job.state is State.DEADLETTER),
-            key=lambda job: str(job.job_id),
+            key=lambda job: (
+                snapshot.documents[job.document_id].file_sha256,
+                str(snapshot.documents[job.document_id].user_id),
+            ),
         )
         if not dead:
             return

@@ -90,6 +90,9 @@ upload_jobs = Table(
     "upload_jobs",
     metadata,
     Column("job_id", UUID(as_uuid=True), primary_key=True),
+    # Insertion order: the claim's tie-break among jobs due at the same instant, so equal
+    # due times are served first come, first served (and a replayed run claims alike).
+    Column("job_seq", BigInteger, Identity(always=True), nullable=False, unique=True),
     _document_reference(),
     Column("user_id", UUID(as_uuid=True), nullable=False),
     Column("stage", Text, nullable=False),
@@ -142,13 +145,13 @@ Index(
 Index(
     "upload_jobs_due",
     upload_jobs.c.next_attempt_at,
-    upload_jobs.c.job_id,
+    upload_jobs.c.job_seq,
     postgresql_where=text(_one_of("state", ["queued", "retryable"])),
 )
 Index(
     "upload_jobs_leases",
     upload_jobs.c.lease_expires_at,
-    upload_jobs.c.job_id,
+    upload_jobs.c.job_seq,
     postgresql_where=text("state = 'working'"),
 )
 Index("upload_jobs_by_user", upload_jobs.c.user_id)

@@ -17,7 +17,7 @@ WITH expired AS (
            retry_count >= $4::int AS exhausted
     FROM upload_jobs
     WHERE state = 'working' AND lease_expires_at <= $2::timestamptz
-    ORDER BY lease_expires_at, job_id
+    ORDER BY lease_expires_at, job_seq
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 ),
@@ -25,7 +25,7 @@ due AS (
     SELECT job_id, state AS previous_state, owner AS previous_owner, false AS exhausted
     FROM upload_jobs
     WHERE state IN ('queued', 'retryable') AND next_attempt_at <= $2::timestamptz
-    ORDER BY next_attempt_at, job_id
+    ORDER BY next_attempt_at, job_seq
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 ),
