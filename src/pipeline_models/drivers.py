@@ -328,7 +328,8 @@ class ReferenceDriver:
         if kind is WebhookKind.DUPLICATE:
             statuses.append(await self._send(send(original)))
         elif kind is WebhookKind.TAMPERED:
-            forged = replace(original, body=original.body.replace(b"SUCCESS", b"ERROR\x20"))
+            # Any change after signing must be refused, whatever the notice said.
+            forged = replace(original, body=original.body + b" ")
             statuses.append(await self._send(send(forged)))
         else:
             stale_at = int(self.clock.now().timestamp()) - 301
