@@ -79,7 +79,9 @@ def test_a_worker_process_killed_mid_run_loses_nothing(
         # Slow services, so that the kill lands while the first worker holds leases.
         parser_admin = cluster.settings.parser_url
         embeddings_admin = cluster.settings.embeddings_url.removesuffix("/v1")
-        for admin, latency in ((parser_admin, 0.05), (embeddings_admin, 0.02)):
+        # Long enough that a worker spends nearly all its time inside a call, holding a
+        # lease: the kill then lands on a held job (checked below, not assumed).
+        for admin, latency in ((parser_admin, 0.25), (embeddings_admin, 0.25)):
             httpx.put(
                 f"{admin}/_fake/faults", json=FaultPlan(latency=latency).to_json()
             ).raise_for_status()
@@ -103,6 +105,10 @@ def test_a_worker_process_killed_mid_run_loses_nothing(
             "worker1 to hold a lease mid-document",
         )
         cluster.kill_worker(0, signal.SIGKILL)
+        held = fetchval(
+            database,
+            "SELECT count(*) FROM upload_jobs WHERE state = 'working' AND owner LIKE 'worker1-%'",
+        )
         wait_for(
             lambda: not fetchval(database, QUERIES["count_live_jobs"].sql),
             120,
@@ -113,6 +119,7 @@ def test_a_worker_process_killed_mid_run_loses_nothing(
     taken_over = fetchval(
         database, "SELECT count(*) FROM upload_jobs WHERE last_error LIKE 'lease of worker1-%'"
     )
+    assert held, "worker1 held no lease when it was killed: the test proved nothing"
     assert taken_over, "no job was taken over from the killed worker"
     assert asyncio.run(_discrepancies(database, accepted)) == []
 
