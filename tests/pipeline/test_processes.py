@@ -105,6 +105,18 @@ def test_a_worker_process_killed_mid_run_loses_nothing(
             "worker1 to hold a lease mid-document",
         )
         cluster.kill_worker(0, signal.SIGKILL)
+        # A COMMIT the worker sent just before the kill can still land: read the leases it
+        # holds only once its backends are gone.
+        wait_for(
+            lambda: (
+                not fetchval(
+                    database,
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'worker1-%'",
+                )
+            ),
+            30,
+            "the killed worker's backends to end",
+        )
         held = fetchval(
             database,
             "SELECT count(*) FROM upload_jobs WHERE state = 'working' AND owner LIKE 'worker1-%'",
