@@ -76,6 +76,8 @@ RETURNING lease_expires_at;
 -- The fence: first statement of every committing transaction. Locks the job row only if
 -- this owner still holds a live lease at this stage; no row back means the lease was lost
 -- and the transaction must roll back.
+-- The moves check the lease again, at their own time: the fence may have waited for the
+-- row lock (another session held it) past the end of the lease it saw as live.
 -- $1 job_id uuid, $2 owner text, $3 now timestamptz, $4 stage text
 SELECT job_id
 FROM upload_jobs
@@ -91,7 +93,7 @@ FOR UPDATE;
 UPDATE upload_jobs
 SET stage = $4, state = 'queued', owner = NULL, lease_expires_at = NULL,
     next_attempt_at = $3, retry_count = 0, updated_at = $3
-WHERE job_id = $1 AND owner = $2 AND state = 'working';
+WHERE job_id = $1 AND owner = $2 AND state = 'working' AND lease_expires_at > $3;
 
 
 -- name: requeue_job
@@ -103,7 +105,7 @@ WHERE job_id = $1 AND owner = $2 AND state = 'working';
 UPDATE upload_jobs
 SET state = 'queued', owner = NULL, lease_expires_at = NULL, next_attempt_at = $4,
     retry_count = CASE WHEN $5 THEN 0 ELSE retry_count END, updated_at = $3
-WHERE job_id = $1 AND owner = $2 AND state = 'working';
+WHERE job_id = $1 AND owner = $2 AND state = 'working' AND lease_expires_at > $3;
 
 
 -- name: fail_job_transient
@@ -114,7 +116,7 @@ UPDATE upload_jobs
 SET state = 'retryable', owner = NULL, lease_expires_at = NULL, next_attempt_at = $4,
     retry_count = retry_count + 1, last_error = $5, last_error_kind = 'transient',
     updated_at = $3
-WHERE job_id = $1 AND owner = $2 AND state = 'working';
+WHERE job_id = $1 AND owner = $2 AND state = 'working' AND lease_expires_at > $3;
 
 
 -- name: fail_job_permanent
@@ -123,7 +125,7 @@ WHERE job_id = $1 AND owner = $2 AND state = 'working';
 UPDATE upload_jobs
 SET state = 'deadletter', owner = NULL, lease_expires_at = NULL, last_error = $4,
     last_error_kind = 'permanent', updated_at = $3
-WHERE job_id = $1 AND owner = $2 AND state = 'working';
+WHERE job_id = $1 AND owner = $2 AND state = 'working' AND lease_expires_at > $3;
 
 
 -- name: mark_document_failed
@@ -250,7 +252,8 @@ WHERE document_id = $1;
 -- $1 job_id uuid, $2 owner text, $3 now timestamptz
 UPDATE upload_jobs
 SET state = 'done', owner = NULL, lease_expires_at = NULL, updated_at = $3
-WHERE job_id = $1 AND owner = $2 AND state = 'working' AND stage = 'embedded';
+WHERE job_id = $1 AND owner = $2 AND state = 'working' AND stage = 'embedded'
+  AND lease_expires_at > $3;
 
 
 -- name: insert_event
