@@ -13,10 +13,13 @@ pipeline machine needs (uploads, faults, webhooks, operator retries).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -25,6 +28,7 @@ from typing import Protocol, runtime_checkable
 
 import asyncpg
 import httpx
+from fastapi import FastAPI
 
 from pipeline_models.clock import ManualClock
 from pipeline_models.database import Database
@@ -34,7 +38,7 @@ from pipeline_models.history import AUDIT_TABLE, History, install_audit
 from pipeline_models.invariants import Expectations, Observation
 from pipeline_models.lifecycle import Stage, State
 from pipeline_models.model import ExpectedOutcome, expected_outcome
-from pipeline_models.pipeline.api import ApiSettings, create_api
+from pipeline_models.pipeline.api import ApiRuntime, ApiSettings, create_api
 from pipeline_models.pipeline.auth import TokenIssuer
 from pipeline_models.pipeline.chunking import Chunker
 from pipeline_models.pipeline.config import WorkerConfig
@@ -43,7 +47,8 @@ from pipeline_models.pipeline.webhooks import sign
 from pipeline_models.pipeline.worker import StageHandler
 from pipeline_models.queries import QUERIES, Queries
 from pipeline_models.scheduler import CheckpointScheduler, Outcome, StepReport
-from pipeline_models.snapshot import Snapshot, take_snapshot
+from pipeline_models.snapshot import CHECKER_QUERIES, Snapshot, take_snapshot
+from pipeline_models.spares import SpareConnections
 
 # Small everything: a document of a few hundred characters spans several chunks and
 # batches, so every stage repeats within a short program.
@@ -62,6 +67,66 @@ _QUEUE_USER = uuid.UUID("00000000-0000-4000-8000-00000000c0de")
 # Schemas whose audit trigger this process installed already (it is idempotent, but DDL
 # per example would cost more than the example).
 _AUDITED: set[str] = set()
+# The blobs of an example live only as long as the example: memory is the place for them.
+_SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+
+@dataclass
+class _Shared:
+    """What examples running in the same event loop share: idle connections (a new one
+    costs ~3 ms and an example opens six) and the API app (building it costs ~20 ms)."""
+
+    loop: asyncio.AbstractEventLoop
+    spares: SpareConnections
+    app: FastAPI | None = None
+    api_client: httpx.AsyncClient | None = None
+
+    async def close(self) -> None:
+        if self.api_client is not None:
+            await self.api_client.aclose()
+        if self.app is not None:
+            await self.app.state.runtime.close()
+        await self.spares.close()
+
+
+_SHARED: dict[tuple[str, str], _Shared] = {}
+# Loops whose owner closes what is kept in them (release_shared); in any other loop a
+# driver keeps nothing beyond its teardown.
+_KEEPING_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def keep_between_examples(loop: asyncio.AbstractEventLoop) -> None:
+    """Let drivers running in ``loop`` keep connections and the API app from one example
+    to the next; the loop's owner calls :func:`release_shared` before closing it."""
+    _KEEPING_LOOPS.add(loop)
+
+
+def _shared_for(database: Database) -> _Shared | None:
+    loop = asyncio.get_running_loop()
+    if loop not in _KEEPING_LOOPS:
+        return None
+    key = (database.url, database.schema)
+    shared = _SHARED.get(key)
+    if shared is None or shared.loop is not loop:
+        shared = _SHARED[key] = _Shared(loop, SpareConnections(database))
+    return shared
+
+
+async def release_shared() -> None:
+    """Close what the drivers keep between examples in the running loop (at the end of
+    a run; the machines do it when their event loop closes)."""
+    loop = asyncio.get_running_loop()
+    for key, shared in list(_SHARED.items()):
+        if shared.loop is loop:
+            del _SHARED[key]
+            await shared.close()
+
+
+NO_RESPONSE = 599  # an upload whose API process died before answering
+
+
+class _UploadCut(Exception):
+    """The API process dies here (raised from the upload's checkpoint)."""
 
 
 class WebhookKind(StrEnum):
@@ -99,6 +164,8 @@ class QueueDriver(Protocol):
 
     async def step(self, name: str) -> StepReport: ...
 
+    async def step_whole(self, name: str) -> StepReport: ...
+
     async def step_together(self, names: Sequence[str]) -> list[StepReport]: ...
 
     async def crash(self, name: str) -> None: ...
@@ -113,12 +180,20 @@ class QueueDriver(Protocol):
 
     async def drain(self) -> tuple[Snapshot, bool]: ...
 
+    async def hold_job_lock(self, pick: int) -> uuid.UUID | None: ...
+
+    async def release_job_lock(self) -> None: ...
+
 
 @runtime_checkable
 class PipelineDriver(QueueDriver, Protocol):
     """What the document-pipeline machine needs on top of the queue layer."""
 
-    async def upload(self, user: uuid.UUID, document: Document) -> UploadOutcome: ...
+    async def upload(
+        self, user: uuid.UUID, document: Document, *, cut_at: str | None = None
+    ) -> UploadOutcome: ...
+
+    async def read_job(self, user: uuid.UUID, job_id: uuid.UUID) -> int: ...
 
     async def operator_retry(self, user: uuid.UUID, job_id: uuid.UUID) -> int: ...
 
@@ -138,9 +213,13 @@ class ReferenceDriver:
         config: WorkerConfig = CHECK_CONFIG,
         queries: Queries = QUERIES,
         stages: Mapping[Stage, StageHandler] | None = None,
+        whole_steps: bool = False,
     ) -> None:
-        """``queries`` and ``stages`` replace the reference worker's (a mutant's bug)."""
+        """``queries`` and ``stages`` replace the reference worker's (a mutant's bug).
+        ``whole_steps``: every ``step`` runs a worker through its whole step, checkpoints
+        off (the coarse baseline: interleavings only between whole steps)."""
         self.database = database
+        self.whole_steps = whole_steps
         self.queries = queries
         self.stages = stages
         if AUDIT_TABLE not in database.extra_tables:
@@ -152,19 +231,29 @@ class ReferenceDriver:
         self.owners: dict[uuid.UUID, uuid.UUID] = {}  # job -> user
         self.workers: set[str] = set()
         self.tokens = TokenIssuer(_TOKEN_SECRET, clock=self.clock, ttl_seconds=10**9)
-        self._blobs = Path(tempfile.mkdtemp(prefix="pipeline-models-check-"))
+        self._blobs = Path(tempfile.mkdtemp(prefix="pipeline-models-check-", dir=_SCRATCH))
         self._monitor: asyncpg.Connection | None = None
         self.pipeline: ReferencePipeline | None = None
         self.scheduler: CheckpointScheduler | None = None
         self._api_client: httpx.AsyncClient | None = None
-        self._app: object = None
+        self._spares: SpareConnections | None = None
+        self._own: _Shared | None = None
         self._enqueued = 0
         self.drain_steps = 0
+        self._lock_holder: asyncpg.Connection | None = None
+        self._held_job: uuid.UUID | None = None
+        self._waiting_claims: dict[str, uuid.UUID | None] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def setup(self) -> None:
-        self._monitor = await self.database.connect(application_name="pipeline-models checker")
+        shared = _shared_for(self.database)
+        if shared is None:  # nothing outlives this example: it is closed in teardown
+            shared = self._own = _Shared(
+                asyncio.get_running_loop(), SpareConnections(self.database)
+            )
+        self._spares = shared.spares
+        self._monitor = await shared.spares.take("pipeline-models checker")
         if self.database.schema not in _AUDITED:
             await install_audit(self._monitor)
             _AUDITED.add(self.database.schema)
@@ -177,31 +266,40 @@ class ReferenceDriver:
             webhook_url="http://api.check/webhooks/parser",
             webhook_secrets=(_WEBHOOK_SECRET,),
         )
-        app = create_api(
-            pipeline,
-            ApiSettings(token_secret=_TOKEN_SECRET, webhook_secrets=(_WEBHOOK_SECRET,)),
-        )
-        self._app = app
-        self._api_client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://api.check"
-        )
+        if shared.app is None:
+            shared.app = create_api(
+                pipeline,
+                ApiSettings(token_secret=_TOKEN_SECRET, webhook_secrets=(_WEBHOOK_SECRET,)),
+            )
+            shared.api_client = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=shared.app), base_url="http://api.check"
+            )
+        else:
+            shared.app.state.runtime.use(pipeline)
+        self._api_client = shared.api_client
         assert pipeline.fakes is not None
         pipeline.fakes.parser.webhook_client = self._api_client
         self.pipeline = pipeline
-        self.scheduler = CheckpointScheduler(self.database)
+        self.scheduler = CheckpointScheduler(self.database, spares=shared.spares)
         await self.scheduler.start()
 
     async def teardown(self) -> None:
+        if self._lock_holder is not None:
+            # Cut, not rolled back: a worker may be waiting on its lock right now.
+            self._lock_holder.terminate()
+            self._lock_holder = None
         if self.scheduler is not None:
             await self.scheduler.close()
-        if self._api_client is not None:
-            await self._api_client.aclose()
-        if self._app is not None:
-            await self._app.state.runtime.close()  # type: ignore[attr-defined]
         if self.pipeline is not None:
             await self.pipeline.aclose()
-        if self._monitor is not None:
+        if self._spares is not None:
+            self._spares.give(self._monitor)
+        elif self._monitor is not None:
             await self._monitor.close()
+        self._monitor = None
+        if self._own is not None:
+            await self._own.close()
+            self._own = None
         shutil.rmtree(self._blobs, ignore_errors=True)
 
     @property
@@ -230,10 +328,50 @@ class ReferenceDriver:
         self._scheduler.add(worker)
 
     async def step(self, name: str) -> StepReport:
-        return await self._scheduler.step(name)
+        if self.whole_steps:
+            return await self.step_whole(name)
+        return self._note_waiting_claim(await self._scheduler.step(name))
+
+    async def step_whole(self, name: str) -> StepReport:
+        """Run ``name`` through one whole step (claim to commit), blocked or not."""
+        return self._note_waiting_claim(await self._scheduler.step_whole(name))
 
     async def step_together(self, names: Sequence[str]) -> list[StepReport]:
-        return await self._scheduler.step_together(names)
+        return [self._note_waiting_claim(r) for r in await self._scheduler.step_together(names)]
+
+    def _note_waiting_claim(self, report: StepReport) -> StepReport:
+        if report.outcome is Outcome.BLOCKED and report.in_claim:
+            self._waiting_claims[report.worker] = self._held_job
+        return report
+
+    async def hold_job_lock(self, pick: int) -> uuid.UUID | None:
+        """Another session takes a job's row lock and keeps it (a claimer mid-transaction,
+        an operator's query): the ``pick``-th job nobody holds, in insertion order. One at
+        a time; None if every job is held or there is none."""
+        if self._held_job is not None:
+            return self._held_job
+        if self._lock_holder is None:
+            assert self._spares is not None
+            self._lock_holder = await self._spares.take("pipeline-models lock holder")
+        holder = self._lock_holder
+        rows = await holder.fetch(CHECKER_QUERIES["job_ids_in_order"].sql)
+        jobs: list[uuid.UUID] = [row["job_id"] for row in rows]
+        await holder.execute("BEGIN")
+        for offset in range(len(jobs)):
+            job_id = jobs[(pick + offset) % len(jobs)]
+            if await holder.fetchval(CHECKER_QUERIES["lock_job_if_free"].sql, job_id):
+                self._held_job = job_id
+                return job_id
+        await holder.execute("ROLLBACK")
+        return None
+
+    async def release_job_lock(self) -> None:
+        if self._held_job is None or self._lock_holder is None:
+            return
+        await self._lock_holder.execute("ROLLBACK")
+        self._held_job = None
+        # Whoever waited on the lock moves now: to its next checkpoint, before the next rule.
+        await self._scheduler.settle_all()
 
     async def crash(self, name: str) -> None:
         await self._scheduler.crash(name)
@@ -261,17 +399,34 @@ class ReferenceDriver:
         text = f"# Job {self._enqueued}\n\n" + "A queued job's document. " * 12
         return (await self.upload(_QUEUE_USER, markdown_document(text))).job_id
 
-    async def upload(self, user: uuid.UUID, document: Document) -> UploadOutcome:
+    async def upload(
+        self, user: uuid.UUID, document: Document, *, cut_at: str | None = None
+    ) -> UploadOutcome:
         """Upload through the API. Status 0: the request waits on a row lock a parked
         worker holds (re-uploading bytes whose document a worker is updating); it
-        completes, and is recorded, as soon as that worker commits or dies."""
+        completes, and is recorded, as soon as that worker commits or dies.
+
+        ``cut_at``: the API process dies at that point of the upload ("blob_stored",
+        "document_inserted"); the client gets no answer (status 599).
+        """
+        runtime = self._api_runtime
+
+        async def cut(point: str, _: asyncpg.Connection) -> None:
+            if point == cut_at:
+                raise _UploadCut(point)
 
         async def send() -> UploadOutcome:
-            response = await self.api.post(
-                "/upload",
-                headers=self._auth(user),
-                files={"file": (document.filename, document.data, document.content_type)},
-            )
+            runtime.upload_checkpoint = cut if cut_at is not None else None
+            try:
+                response = await self.api.post(
+                    "/upload",
+                    headers=self._auth(user),
+                    files={"file": (document.filename, document.data, document.content_type)},
+                )
+            except _UploadCut:
+                return UploadOutcome(NO_RESPONSE)
+            finally:
+                runtime.upload_checkpoint = None
             if response.status_code not in (200, 201):
                 return UploadOutcome(response.status_code)
             body = response.json()
@@ -287,6 +442,17 @@ class ReferenceDriver:
             "upload", send, application_name=API_ACTOR
         )
         return outcome if done else UploadOutcome(0)
+
+    @property
+    def _api_runtime(self) -> ApiRuntime:
+        app = self.api._transport.app  # type: ignore[attr-defined]
+        runtime: ApiRuntime = app.state.runtime
+        return runtime
+
+    async def read_job(self, user: uuid.UUID, job_id: uuid.UUID) -> int:
+        """GET /jobs/{job_id} as ``user``: the status code (404 for anyone but its owner)."""
+        response = await self.api.get(f"/jobs/{job_id}", headers=self._auth(user))
+        return response.status_code
 
     async def operator_retry(self, user: uuid.UUID, job_id: uuid.UUID) -> int:
         async def retry() -> int:
@@ -349,18 +515,21 @@ class ReferenceDriver:
     # -- observation -----------------------------------------------------------------
 
     def _blob_keys(self) -> frozenset[str]:
-        root = self._blobs
-        keys = set()
-        for directory, _, files in os.walk(root / "raw"):
-            for name in files:
-                if not name.startswith("."):
-                    keys.add(str(Path(directory, name).relative_to(root)))
+        """The raw blobs on disk (``raw/<user>/<sha256>``; dot-files are partial writes)."""
+        keys: set[str] = set()
+        with contextlib.suppress(FileNotFoundError), os.scandir(self._blobs / "raw") as users:
+            for user in users:
+                with os.scandir(user.path) as files:
+                    keys.update(
+                        f"raw/{user.name}/{blob.name}"
+                        for blob in files
+                        if not blob.name.startswith(".")
+                    )
         return frozenset(keys)
 
     async def observe(self) -> Observation:
         await self._scheduler.settle_background()
-        snapshot = await take_snapshot(self.monitor)
-        new = await self.history.refresh(self.monitor)
+        snapshot, new = await self.history.observe(self.monitor)
         fakes = self._pipeline.fakes
         assert fakes is not None
         inputs = {uuid.UUID(user): count for user, count in fakes.embeddings.inputs_by_user.items()}
@@ -370,7 +539,12 @@ class ReferenceDriver:
             history=tuple(self.history.changes),
             blobs=self._blob_keys(),
             embedding_inputs=inputs,
+            waiting_claims=self._take_waiting_claims(),
         )
+
+    def _take_waiting_claims(self) -> dict[str, uuid.UUID | None]:
+        waiting, self._waiting_claims = self._waiting_claims, {}
+        return waiting
 
     async def snapshot(self) -> Snapshot:
         """The tables now, without consuming the audit trail (rules may look; only the
@@ -389,13 +563,13 @@ class ReferenceDriver:
         with the faults healed; after that every job must end as the model predicts.
         Returns the final snapshot and whether the jobs settled within ``max_rounds``.
         """
+        await self.release_job_lock()
         self.set_faults("parser", FaultPlan.healthy())
         self.set_faults("embeddings", FaultPlan.healthy())
         live = [n for n, slot in self._scheduler.slots.items() if not slot.crashed]
-        for name in ("drainer-1", "drainer-2"):
-            if name not in self._scheduler.slots:
-                await self.start_worker(name)
-                live.append(name)
+        if not live:  # every worker crashed: a new one drains
+            await self.start_worker("drainer")
+            live.append("drainer")
         if not await self._run_until_settled(live, max_rounds):
             return await take_snapshot(self.monitor), False
         retried = False
@@ -440,4 +614,6 @@ __all__ = [
     "ReferenceDriver",
     "UploadOutcome",
     "WebhookKind",
+    "keep_between_examples",
+    "release_shared",
 ]

@@ -32,6 +32,7 @@ from pipeline_models.lifecycle import (
     transitions_between,
 )
 from pipeline_models.queries import Queries
+from pipeline_models.snapshot import CHECKER_QUERIES, Snapshot, snapshot_from_row
 
 AUDIT_QUERIES = Queries.load("audit.sql")
 AUDIT_TABLE = "checker_job_audit"
@@ -171,6 +172,16 @@ class History:
         if new:
             self.last_id = new[-1].audit_id
         return new
+
+    async def observe(self, connection: asyncpg.Connection) -> tuple[Snapshot, list[JobChange]]:
+        """The tables and the changes since the last refresh, read in one statement (so
+        the changes are exactly those behind the tables); returns both, records the new."""
+        row = await connection.fetchrow(CHECKER_QUERIES["observe_all"].sql, self.last_id)
+        new = [JobChange.from_record(r) for r in row["audit"]]
+        self.changes.extend(new)
+        if new:
+            self.last_id = new[-1].audit_id
+        return snapshot_from_row(row), new
 
     def of_job(self, job_id: uuid.UUID) -> list[JobChange]:
         return [c for c in self.changes if c.job_id == job_id]

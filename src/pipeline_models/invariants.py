@@ -17,7 +17,7 @@ checker's audit trail (``sql/audit.sql``), the others read the tables.
 >>> check(world, expectations)
 []
 >>> sorted(INVARIANTS)[:3]
-['buffers', 'cost', 'fencing']
+['buffers', 'claims_skip_locks', 'cost']
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import functools
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TypeAlias
 
 from pipeline_models.history import JobChange, is_claim_due, lease_live
@@ -92,6 +92,8 @@ class Observation:
     history: Sequence[JobChange]
     blobs: frozenset[str]
     embedding_inputs: Mapping[uuid.UUID, int]
+    # Workers whose claim waited on a row lock, with the job whose lock it was (if known).
+    waiting_claims: Mapping[str, uuid.UUID | None] = field(default_factory=dict)
 
     @functools.cached_property
     def _rows(self) -> _Rows:
@@ -270,10 +272,11 @@ def transitions(observation: Observation, expectations: Expectations) -> list[Vi
     is due, naming the actor as owner with a lease after the change; a reclaim and a
     transient failure count exactly one attempt; operator retries and webhooks come from
     outside the workers, and an operator retry resets the count; a working row keeps an
-    owner and a lease. Updates that move nothing (counters, details) are allowed, except
-    on a done row.
+    owner and a lease; a transient failure waits at least its backoff. Updates that move
+    nothing (counters, details) are allowed, except on a done row.
     """
     found: list[Violation] = []
+    retry = expectations.config.retry
     workers = expectations.workers
 
     def fail(change: JobChange, problem: str, expected: str, observed: str) -> None:
@@ -354,6 +357,21 @@ def transitions(observation: Observation, expectations: Expectations) -> list[Vi
                     f"a {kind.value} must count exactly one attempt",
                     f"retry_count {change.old_retry_count} + 1",
                     f"retry_count {change.new_retry_count}",
+                )
+            backoff = timedelta(seconds=retry.backoff_seconds(change.old_retry_count or 0))
+            if (
+                kind is TransitionKind.FAIL_TRANSIENT
+                and change.at is not None
+                and (
+                    change.new_next_attempt_at is None
+                    or change.new_next_attempt_at < change.at + backoff
+                )
+            ):
+                fail(
+                    change,
+                    "a transient failure must wait out its backoff before the next attempt",
+                    f"next attempt at or after {_time(change.at + backoff)}",
+                    f"next attempt at {_time(change.new_next_attempt_at)}",
                 )
             if kind is TransitionKind.RECLAIM and (
                 change.new_owner != change.actor or not _lease_after_at(change)
@@ -453,11 +471,24 @@ def no_loss(observation: Observation, expectations: Expectations) -> list[Violat
     """Every accepted upload has its document row, exactly one job and its raw blob.
 
     Why: an upload the API acknowledged is a promise; a document without a job is never
-    processed, and a job without its blob can only fail.
+    processed, and a job without its blob can only fail. Any document row without a job
+    is lost too, acknowledged or not (an upload cut half-way): nothing will process it,
+    and the user's retry of the same bytes finds the document and no job.
     """
     found: list[Violation] = []
     documents = observation.snapshot.documents
     jobs = observation._rows.jobs
+    for document_id in sorted(set(documents) - set(expectations.outcomes)):
+        if not jobs.get(document_id):
+            found.append(
+                Violation(
+                    "no_loss",
+                    "a document row has no job: nothing will ever process it",
+                    document_id=document_id,
+                    expected="1 job",
+                    observed="0 jobs",
+                )
+            )
     for document_id in sorted(expectations.outcomes):
         document = documents.get(document_id)
         if document is None:
@@ -923,8 +954,31 @@ def cost(observation: Observation, expectations: Expectations) -> list[Violation
     return found
 
 
+def claims_skip_locks(observation: Observation, expectations: Expectations) -> list[Violation]:
+    """A claim never waits on a row lock.
+
+    Why: a locked job row is someone's (a claimer half-way through, an operator's or a
+    report's transaction), so a claim must pass it by and take another job, or none. A
+    claim that waits (FOR UPDATE without SKIP LOCKED, or no lock at all, so the UPDATE
+    waits) queues every worker behind one slow transaction: the stuck-workers outage,
+    and under real concurrency the double claim. The scheduler sees the wait in
+    pg_stat_activity while the worker is inside its claim; the driver reports it here.
+    """
+    return [
+        Violation(
+            "claims_skip_locks",
+            f"{worker}'s claim waited on a row lock another session holds",
+            job_id=job_id,
+            expected="a claim skips locked rows (FOR UPDATE SKIP LOCKED)",
+            observed=f"{worker} blocked inside its claim query",
+        )
+        for worker, job_id in observation.waiting_claims.items()
+    ]
+
+
 INVARIANTS: dict[str, Invariant] = {
     "transitions": transitions,
+    "claims_skip_locks": claims_skip_locks,
     "fencing": fencing,
     "no_loss": no_loss,
     "no_duplicates": no_duplicates,
@@ -951,7 +1005,7 @@ def check(
     >>> check(empty, Expectations({}, frozenset(), WorkerConfig()), names=["nope"])
     Traceback (most recent call last):
     ...
-    ValueError: unknown invariant 'nope'; the invariants are buffers, cost, fencing, finalize, no_duplicates, no_loss, progress, retries, transitions (liveness runs at the drain: call liveness(snapshot, expectations))
+    ValueError: unknown invariant 'nope'; the invariants are buffers, claims_skip_locks, cost, fencing, finalize, no_duplicates, no_loss, progress, retries, transitions (liveness runs at the drain: call liveness(snapshot, expectations))
     """  # noqa: E501
     selected = list(INVARIANTS) if names is None else list(names)
     for name in selected:

@@ -7,8 +7,9 @@ embeddings service, webhooks delivered, duplicated, tampered or stale, operator 
 After every rule the database and the audit trail are checked against the model; at the
 end, faults heal, time moves and the workers drain: every job must end as predicted.
 
-Machines are synchronous; the async system runs on an event loop each machine owns
-(an ``asyncio.Runner`` created with the machine, closed in its teardown).
+Machines are synchronous; the async system runs on one event loop the machines own
+(an ``asyncio.Runner`` per process, closed at exit), so that connections and the API
+app are reused from one example to the next instead of rebuilt.
 
 Use them as tests::
 
@@ -23,6 +24,7 @@ Rules and their arguments are named so that a shrunk failure reads as a story:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import sys
 import time
@@ -35,6 +37,7 @@ from typing import ClassVar, TypeVar
 from hypothesis import event as hypothesis_event
 from hypothesis import note as hypothesis_note
 from hypothesis import strategies as st
+from hypothesis import target
 from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import (
     Bundle,
@@ -53,17 +56,23 @@ from pipeline_models.drivers import (
     QueueDriver,
     ReferenceDriver,
     WebhookKind,
+    keep_between_examples,
+    release_shared,
 )
 from pipeline_models.fakes import FaultPlan
 from pipeline_models.history import JobChange
 from pipeline_models.invariants import (
     INVARIANTS,
+    Expectations,
     InvariantViolation,
+    Observation,
     Violation,
     check,
     liveness,
 )
-from pipeline_models.lifecycle import State, TransitionKind
+from pipeline_models.lifecycle import Stage, State, TransitionKind
+from pipeline_models.scheduler import Outcome
+from pipeline_models.snapshot import JobRow
 from strategies import documents, fault_plans, faults
 
 T = TypeVar("T")
@@ -74,7 +83,8 @@ USERS = (ALICE, BOB)
 CLOCK_STEPS = (1, 3, 10, 31, 61, 301)
 # A few documents are enough to interleave; more only lengthen every drain.
 MAX_DOCUMENTS = 4
-QUEUE_INVARIANTS = ("transitions", "fencing", "retries", "no_duplicates")
+STAGE_ORDER = {stage: position for position, stage in enumerate(Stage)}
+QUEUE_INVARIANTS = ("transitions", "claims_skip_locks", "fencing", "retries", "no_duplicates")
 
 
 @dataclass
@@ -121,6 +131,41 @@ class _Database:
         return cls.database
 
 
+class _EventLoop:
+    """The one event loop every machine in this process runs on, so that connections and
+    the API app outlive an example (closed, with what the drivers keep, at exit)."""
+
+    runner: ClassVar[asyncio.Runner | None] = None
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        if cls.runner is None:
+            cls.runner = asyncio.Runner()
+            keep_between_examples(cls.runner.get_loop())
+            atexit.register(cls.close)
+        return cls.runner.get_loop()
+
+    @classmethod
+    def close(cls) -> None:
+        runner, cls.runner = cls.runner, None
+        if runner is None:
+            return
+        with contextlib.suppress(Exception):
+            runner.get_loop().run_until_complete(release_shared())
+        runner.close()
+
+    @classmethod
+    def cancel_leftovers(cls) -> None:
+        """Cancel what an example left running (a blocked request, a timer), so that
+        nothing of it runs during the next example."""
+        loop = cls.get()
+        leftovers = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+
+
 def use_database(database: Database) -> None:
     """Make every machine in this process run against ``database``."""
     _Database.database = database
@@ -131,12 +176,15 @@ class QueueMachine(RuleBasedStateMachine):
 
     WORKER_SLOTS: ClassVar[tuple[str, ...]] = ("w1", "w2")
     INVARIANT_NAMES: ClassVar[tuple[str, ...] | None] = QUEUE_INVARIANTS
+    # Off only to shrink a failure that fired before the drain: the drain is half of an
+    # example's time and cannot matter to it.
+    DRAIN: ClassVar[bool] = True
 
     def __init__(self) -> None:
         super().__init__()
-        self._runner = asyncio.Runner()
         with STATISTICS.timing("setup"):
             self.driver: QueueDriver = self.make_driver()
+            self._loop = _EventLoop.get()
             self.incarnation = dict.fromkeys(self.WORKER_SLOTS, 1)
             self.crashed: set[str] = set()
             # Rules that cannot change the database (time, fault plans) leave it clean:
@@ -145,6 +193,9 @@ class QueueMachine(RuleBasedStateMachine):
             # Counted here, not read from the database: a precondition must not depend on
             # how a race came out, or Hypothesis cannot replay the program.
             self.new_documents = 0
+            # What Hypothesis's target phase climbs (see _aim): how far documents got,
+            # and how many texts were sent to the embeddings service per planned chunk.
+            self._targets: dict[str, float] = {}
             self._run(self.driver.setup())
             for slot in self.WORKER_SLOTS:
                 self._run(self.driver.start_worker(slot))
@@ -156,7 +207,9 @@ class QueueMachine(RuleBasedStateMachine):
 
     def _run(self, awaitable: Awaitable[T]) -> T:
         with STATISTICS.timing(f"rule {sys._getframe(1).f_code.co_name}"):
-            return self._runner.run(awaitable)  # type: ignore[arg-type]
+            # The loop directly: Runner.run() would swap the SIGINT handler on every
+            # call, which costs more than many a rule.
+            return self._loop.run_until_complete(awaitable)
 
     def worker_name(self, slot: str) -> str:
         """The slot's current incarnation: a restarted worker is a new process."""
@@ -189,9 +242,29 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(worker=st.sampled_from(("w1", "w2")), checkpoints=st.integers(2, 12))
     def run_worker(self, worker: str, checkpoints: int) -> None:
-        """Several steps of one worker in a row (shrinks to fewer, or to step_worker)."""
-        for _ in range(checkpoints):
+        """Several steps of one worker in a row (shrinks to fewer, or to step_worker),
+        the invariants checked at every checkpoint on the way, as after every rule."""
+        for count in range(checkpoints):
+            if count:
+                self._check_the_database()
             self.step_worker(worker)
+
+    @rule(worker=st.sampled_from(("w1", "w2")), steps=st.integers(1, 10))
+    def run_whole_steps(self, worker: str, steps: int) -> None:
+        """The worker finishes its current step, then runs whole steps: programs reach the
+        late stages (and their faults) in a few rules, where checkpoint by checkpoint they
+        would need dozens. Shrinks to fewer steps, or to run_worker."""
+        for count in range(steps):
+            if worker in self.crashed:
+                return
+            if count:
+                self._check_the_database()
+            report = self._run(self.driver.step_whole(self.worker_name(worker)))
+            STATISTICS.steps += 1
+            event(f"step {report.outcome}")
+            note(str(report))
+            if report.outcome is Outcome.BLOCKED:
+                return
 
     @rule(worker=st.sampled_from(("w1", "w2")))
     def crash_worker(self, worker: str) -> None:
@@ -217,6 +290,18 @@ class QueueMachine(RuleBasedStateMachine):
         self._run(self.driver.drop_connection(self.worker_name(worker)))
         event("dropped connection")
 
+    @rule(pick=st.integers(0, 7))
+    def hold_a_job_row_lock(self, pick: int) -> None:
+        """Another session locks a job's row and keeps it (a claimer mid-transaction, an
+        operator's query): claims must pass it by, everyone else may wait."""
+        if self._run(self.driver.hold_job_lock(pick)) is not None:
+            event("job row lock held")
+        self.dirty = False
+
+    @rule()
+    def release_the_job_row_lock(self) -> None:
+        self._run(self.driver.release_job_lock())
+
     @rule(seconds=st.sampled_from(CLOCK_STEPS))
     def advance_clock(self, seconds: int) -> None:
         self.driver.clock.advance(seconds)
@@ -230,19 +315,42 @@ class QueueMachine(RuleBasedStateMachine):
         if not self.dirty:
             self.dirty = True
             return
+        self._check_the_database()
+
+    def _check_the_database(self) -> None:
         with STATISTICS.timing("observe"):
             observation = self._run(self.driver.observe())
         _record_coverage(observation.changes)
         STATISTICS.checks += 1
+        expectations = self.driver.expectations()
         with STATISTICS.timing("check"):
-            violations = check(observation, self.driver.expectations(), names=self.INVARIANT_NAMES)
+            violations = check(observation, expectations, names=self.INVARIANT_NAMES)
+        self._aim(observation, expectations)
         if violations:
             raise InvariantViolation(violations)
 
+    def _aim(self, observation: Observation, expectations: Expectations) -> None:
+        """Steer the search (targeted property-based testing): programs that push jobs to
+        later stages, and that send more embedding texts per planned chunk, are the ones
+        Hypothesis mutates further, towards the bugs that hide there."""
+        stages = [STAGE_ORDER[job.stage] for job in observation.snapshot.jobs.values()]
+        if stages:
+            self._raise_target("furthest stage", max(stages))
+        for document_id, sent in observation.embedding_inputs.items():
+            planned = len(expectations.planned(document_id))
+            if planned:
+                self._raise_target("embedding texts per planned chunk", sent / planned)
+
+    def _raise_target(self, label: str, value: float) -> None:
+        self._targets[label] = max(value, self._targets.get(label, value))
+
     def teardown(self) -> None:
+        if currently_in_test_context():
+            for label, value in self._targets.items():
+                target(value, label=label)
         try:
             # Skip the drain when the example already failed: its error is the report.
-            if sys.exception() is None:
+            if sys.exception() is None and self.DRAIN:
                 with STATISTICS.timing("drain"):
                     self._drain_and_check_liveness()
         finally:
@@ -250,7 +358,7 @@ class QueueMachine(RuleBasedStateMachine):
                 with STATISTICS.timing("teardown"):
                     self._run(self.driver.teardown())
             finally:
-                self._runner.close()
+                _EventLoop.cancel_leftovers()
 
     def _drain_and_check_liveness(self) -> None:
         snapshot, settled = self._run(self.driver.drain())
@@ -284,13 +392,11 @@ class PipelineMachine(QueueMachine):
         user=st.sampled_from(USERS),
         document=documents(kinds=[DocumentKind.MARKDOWN], min_size=80, max_size=600),
     )
-    def upload_first_document(
-        self, user: uuid.UUID, document: Document
-    ) -> tuple[uuid.UUID, Document]:
+    def upload_first_document(self, user: uuid.UUID, document: Document) -> Upload:
         self.new_documents += 1
         outcome = self._run(self.pipeline.upload(user, document))
         event(f"upload {outcome.status}")
-        return (user, document)
+        return Upload(user, document, outcome.accepted)
 
     def enqueue_first_job(self) -> None:  # the document layer enqueues by uploading
         return
@@ -304,21 +410,40 @@ class PipelineMachine(QueueMachine):
         user=st.sampled_from(USERS),
         document=documents(max_size=600),
     )
-    def upload_document(self, user: uuid.UUID, document: Document) -> tuple[uuid.UUID, Document]:
+    def upload_document(self, user: uuid.UUID, document: Document) -> Upload:
         self.new_documents += 1
         outcome = self._run(self.pipeline.upload(user, document))
         event(f"upload {outcome.status}")
-        return (user, document)
+        return Upload(user, document, outcome.accepted)
+
+    @precondition(lambda self: self.new_documents < MAX_DOCUMENTS)
+    @rule(
+        target=uploads,
+        user=st.sampled_from(USERS),
+        document=documents(kinds=[DocumentKind.MARKDOWN], min_size=80, max_size=600),
+        point=st.sampled_from(["blob_stored", "document_inserted"]),
+    )
+    def upload_cut_short(self, user: uuid.UUID, document: Document, point: str) -> Upload:
+        """The API process dies at ``point`` of the upload: the client hears nothing (and
+        may send the same bytes again, which the bundle lets a later rule do)."""
+        self.new_documents += 1
+        outcome = self._run(self.pipeline.upload(user, document, cut_at=point))
+        event(f"upload cut at {point}")
+        return Upload(user, document, outcome.accepted)
 
     @rule(upload=uploads, by_the_other_user=st.booleans())
-    def upload_the_same_bytes_again(
-        self, upload: tuple[uuid.UUID, Document], by_the_other_user: bool
-    ) -> None:
-        user, document = upload
+    def upload_the_same_bytes_again(self, upload: Upload, by_the_other_user: bool) -> None:
+        user, document = upload.user, upload.document
         if by_the_other_user:
             user = BOB if user == ALICE else ALICE
         outcome = self._run(self.pipeline.upload(user, document))
-        if outcome.accepted and not by_the_other_user:
+        if outcome.status == 0:
+            return  # waits on a worker's lock; it completes, and is recorded, later
+        if upload.accepted:
+            assert outcome.accepted, (
+                f"the same bytes, accepted before, were refused with {outcome.status}"
+            )
+        if outcome.accepted and not by_the_other_user and upload.accepted:
             assert not outcome.created, "the same bytes from the same user made a new document"
 
     @rule(plan=fault_plans())
@@ -347,6 +472,42 @@ class PipelineMachine(QueueMachine):
             assert status == 401, f"a {kind} webhook was answered {status}, not rejected (401)"
 
     @rule(pick=st.integers(0, 7))
+    def look_at_a_job_as_the_other_user(self, pick: int) -> None:
+        jobs = self._jobs_in_upload_order()
+        if not jobs:
+            return
+        job, owner = jobs[pick % len(jobs)]
+        stranger = BOB if owner == ALICE else ALICE
+        status = self._run(self.pipeline.read_job(stranger, job.job_id))
+        assert status == 404, f"another user's job was answered {status}, not 404"
+
+    @rule(pick=st.integers(0, 7))
+    def retry_a_job_that_is_not_dead_as_operator(self, pick: int) -> None:
+        live_or_done = [
+            (j, o) for j, o in self._jobs_in_upload_order() if j.state is not State.DEADLETTER
+        ]
+        if not live_or_done:
+            return
+        job, owner = live_or_done[pick % len(live_or_done)]
+        status = self._run(self.pipeline.operator_retry(owner, job.job_id))
+        assert status in (0, 409), (
+            f"an operator retry of a {job.state} job was answered {status}, not refused (409)"
+        )
+
+    def _jobs_in_upload_order(self) -> list[tuple[JobRow, uuid.UUID]]:
+        """Every job with its owner, ordered by what the program uploaded (not by random
+        ids), so a replay picks alike."""
+        snapshot = self._run(self.driver.snapshot())
+        jobs = sorted(
+            snapshot.jobs.values(),
+            key=lambda job: (
+                snapshot.documents[job.document_id].file_sha256,
+                str(snapshot.documents[job.document_id].user_id),
+            ),
+        )
+        return [(job, snapshot.documents[job.document_id].user_id) for job in jobs]
+
+    @rule(pick=st.integers(0, 7))
     def retry_a_dead_letter_as_operator(self, pick: int) -> None:
         snapshot = self._run(self.driver.snapshot())
         # Ordered by what the program uploaded, not by random ids, so a replay picks alike.
@@ -364,6 +525,19 @@ class PipelineMachine(QueueMachine):
         status = self._run(self.pipeline.operator_retry(owner, job.job_id))
         assert status in (0, 200), f"the operator retry of a dead letter was answered {status}"
         event("operator retry")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What an upload rule sent (a later rule may send the same bytes again)."""
+
+    user: uuid.UUID
+    document: Document
+    accepted: bool
+
+    def __repr__(self) -> str:
+        who = "ALICE" if self.user == ALICE else "BOB" if self.user == BOB else str(self.user)
+        return f"Upload({who}, {self.document!r}, accepted={self.accepted})"
 
 
 def event(name: str) -> None:

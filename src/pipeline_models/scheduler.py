@@ -44,10 +44,11 @@ from pipeline_models.errors import DatabaseUnavailableError, PipelineModelsError
 from pipeline_models.lifecycle import Stage
 from pipeline_models.pipeline.checkpoints import Checkpoint
 from pipeline_models.pipeline.worker import BaseWorker, ClaimedJob, StepResult
+from pipeline_models.spares import SpareConnections
 
 # How long a step may run before its worker's backend is checked for a lock wait: most
 # steps park again within a millisecond or two, so a blocked one is rare and may wait.
-_POLL_SECONDS = 0.02
+_POLL_SECONDS = 0.005
 # A step that neither parks, finishes nor blocks within this is a hang: a bug.
 HANG_SECONDS = 30.0
 
@@ -72,9 +73,16 @@ class StepReport:
     checkpoint: Checkpoint | None = None
     stage: Stage | None = None
     result: StepResult | None = None
+    in_claim: bool = False  # BLOCKED inside the claim query
 
     def __str__(self) -> str:
-        where = f" at {self.checkpoint}" if self.checkpoint else ""
+        where = (
+            f" at {self.checkpoint}"
+            if self.checkpoint
+            else " in its claim"
+            if self.in_claim
+            else ""
+        )
         stage = f" ({self.stage})" if self.stage else ""
         result = f": {self.result}" if self.result else ""
         return f"{self.worker} {self.outcome}{where}{stage}{result}"
@@ -100,8 +108,10 @@ class _Slot:
 class CheckpointScheduler:
     """Owns a set of workers and runs each one checkpoint at a time."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, spares: SpareConnections | None = None) -> None:
+        """``spares``: where connections come from and go back to (else each is new)."""
         self.database = database
+        self.spares = spares
         self.slots: dict[str, _Slot] = {}
         self.background: list[tuple[str, asyncio.Task[Any]]] = []
         self.free = False
@@ -111,17 +121,35 @@ class CheckpointScheduler:
         self._application_names: dict[int, str] = {}
 
     async def start(self) -> None:
-        self._admin = await self.database.connect(application_name="pipeline-models scheduler")
+        self._admin = await self._new_connection("pipeline-models scheduler")
+
+    async def _new_connection(self, application_name: str) -> asyncpg.Connection:
+        if self.spares is not None:
+            return await self.spares.take(application_name)
+        return await self.database.connect(application_name=application_name)
 
     async def close(self) -> None:
-        for name in list(self.slots):
-            await self.crash(name)
+        """Stop every worker: an idle one's connection goes back to the spares (if any),
+        one that is mid-step is crashed (its transaction must not survive it)."""
+        for name, slot in list(self.slots.items()):
+            idle = slot.task is None or slot.task.done()
+            if slot.task is not None and slot.task.done() and not slot.task.cancelled():
+                slot.task.exception()  # seen: a lost connection at the end is no news
+            if self.spares is not None and idle and not slot.crashed and not slot.reconnect:
+                slot.crashed = True
+                self.spares.give(slot.worker.detach())
+            else:
+                await self.crash(name)
         for _, task in self.background:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
         if self._admin is not None:
-            await self._admin.close()
+            if self.spares is not None:
+                self.spares.give(self._admin)
+            else:
+                await self._admin.close()
+            self._admin = None
 
     @property
     def admin(self) -> asyncpg.Connection:
@@ -183,7 +211,7 @@ class CheckpointScheduler:
         """A new connection for a worker that has none yet, or whose connection died."""
         if slot.reconnect:
             await slot.worker.close()
-            await slot.worker.start()
+            await slot.worker.start(await self._new_connection(slot.worker.name))
             slot.backend_pid = await slot.worker.backend_pid()
             slot.reconnect = False
 
@@ -196,7 +224,7 @@ class CheckpointScheduler:
         assert slot.task is not None
         name = slot.worker.name
         if was_blocked and not slot.task.done() and await self._waits_on_lock(slot.backend_pid):
-            return StepReport(name, Outcome.BLOCKED)
+            return self._blocked(slot)
         deadline = time.monotonic() + HANG_SECONDS
         while True:
             if slot.arrived.is_set() and slot.parked_at is not None:
@@ -214,9 +242,13 @@ class CheckpointScheduler:
             if slot.arrived.is_set() or slot.task.done():
                 continue
             if await self._waits_on_lock(slot.backend_pid):
-                return StepReport(name, Outcome.BLOCKED)
+                return self._blocked(slot)
             if time.monotonic() > deadline:
                 raise SchedulerError(f"{name} neither parked nor finished in {HANG_SECONDS} s")
+
+    def _blocked(self, slot: _Slot) -> StepReport:
+        in_claim = bool(getattr(slot.worker, "claiming", False))
+        return StepReport(slot.worker.name, Outcome.BLOCKED, in_claim=in_claim)
 
     def _finished(self, slot: _Slot) -> StepReport:
         assert slot.task is not None
@@ -230,7 +262,12 @@ class CheckpointScheduler:
             return StepReport(name, Outcome.IDLE, result=result)
         return StepReport(name, Outcome.FINISHED, stage=result.stage, result=result)
 
-    async def _settle_others(self, stepped: _Slot) -> None:
+    async def settle_all(self) -> None:
+        """Let every actor that is running (released from a lock by something outside the
+        scheduler) reach its next checkpoint, so that nothing runs behind a rule's back."""
+        await self._settle_others(None)
+
+    async def _settle_others(self, stepped: _Slot | None) -> None:
         """Actors that were blocked may have been released by this step: let them run
         to their next checkpoint before the next rule, so no two run at once."""
         for slot in self.slots.values():
@@ -324,6 +361,14 @@ class CheckpointScheduler:
         reports = [await self._settle(slot) for slot in slots]
         await self._settle_others(slots[0])
         return reports
+
+    async def step_whole(self, name: str) -> StepReport:
+        """Resume ``name`` through every checkpoint to the end of its step (or a lock
+        wait): interleaving at whole-step granularity, with lock waits still reported."""
+        report = await self.step(name)
+        while report.outcome is Outcome.PARKED:
+            report = await self.step(name)
+        return report
 
     async def run_whole_step(self, name: str) -> StepReport:
         """Run ``name`` through one whole step without parking at its checkpoints.

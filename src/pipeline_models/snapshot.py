@@ -94,7 +94,11 @@ def _fields(cls: type, record: Mapping[str, Any]) -> dict[str, Any]:
 
 async def take_snapshot(connection: asyncpg.Connection) -> Snapshot:
     """Read every pipeline table at one instant (one statement, one round trip)."""
-    row = await connection.fetchrow(CHECKER_QUERIES["snapshot_all"].sql)
+    return snapshot_from_row(await connection.fetchrow(CHECKER_QUERIES["snapshot_all"].sql))
+
+
+def snapshot_from_row(row: Mapping[str, Any]) -> Snapshot:
+    """The snapshot in a row of ``snapshot_all`` (or of a query with the same columns)."""
     documents = {r["document_id"]: DocumentRow(**_fields(DocumentRow, r)) for r in row["documents"]}
     jobs = {}
     for r in row["jobs"]:
@@ -120,5 +124,6 @@ __all__ = [
     "JobRow",
     "Snapshot",
     "VectorRow",
+    "snapshot_from_row",
     "take_snapshot",
 ]

@@ -416,6 +416,7 @@ def test_a_correct_run_breaks_no_invariant(world: World) -> None:
 def test_the_invariants_checked_after_every_step_are_all_but_liveness() -> None:
     assert list(INVARIANTS) == [
         "transitions",
+        "claims_skip_locks",
         "fencing",
         "no_loss",
         "no_duplicates",
@@ -431,7 +432,7 @@ def test_the_invariants_checked_after_every_step_are_all_but_liveness() -> None:
 
 
 def test_check_refuses_an_unknown_invariant_naming_the_valid_ones(world: World) -> None:
-    with pytest.raises(ValueError, match=r"unknown invariant 'liveness'.*buffers, cost"):
+    with pytest.raises(ValueError, match=r"unknown invariant 'liveness'.*claims_skip_locks, cost"):
         check(world.observation(), world.expectations(), names=["liveness"])
 
 
@@ -537,6 +538,20 @@ def test_transitions_fires_when_a_transient_failure_does_not_count_an_attempt(
     assert_fired(world.check("transitions"), "transitions", job=gamma, says="fail_transient")
 
 
+def test_transitions_fires_when_a_transient_failure_skips_its_backoff(world: World) -> None:
+    _, _, gamma, _ = ids(world)
+    job = world.jobs[gamma]
+    world.tick()
+    world.move(
+        gamma,
+        state=State.RETRYABLE,
+        next_attempt_at=world.now,  # due again at once: the backoff ignored
+        retry_count=job.retry_count + 1,
+        last_error="embedding: 503",
+    )
+    assert_fired(world.check("transitions"), "transitions", job=gamma, says="backoff")
+
+
 def test_transitions_fires_when_a_worker_retries_a_dead_letter(world: World) -> None:
     *_, delta = ids(world)
     world.write(delta, W1, state=State.QUEUED, retry_count=0)
@@ -586,6 +601,24 @@ def test_transitions_fires_on_every_move_the_lifecycle_does_not_allow(
     observation = Observation(Snapshot(), (change,), (change,), frozenset(), {})
     expectations = Expectations({}, frozenset({W1}), CONFIG)
     assert_fired(check(observation, expectations, names=["transitions"]), "transitions", job=job_id)
+
+
+# -- claims_skip_locks ---------------------------------------------------------------
+
+
+def test_claims_skip_locks_fires_when_a_claim_waited_on_a_row_lock(world: World) -> None:
+    alpha, *_ = ids(world)
+    found = check(
+        world.observation(waiting_claims={W1: alpha}),
+        world.expectations(),
+        names=["claims_skip_locks"],
+    )
+    violation = assert_fired(found, "claims_skip_locks", job=alpha, says="waited on a row lock")
+    assert W1 in str(violation)
+
+
+def test_claims_skip_locks_holds_when_no_claim_waited(world: World) -> None:
+    assert world.check("claims_skip_locks") == []
 
 
 # -- fencing -------------------------------------------------------------------------
@@ -678,6 +711,14 @@ def test_no_loss_fires_when_an_accepted_upload_has_no_job(world: World) -> None:
 def test_no_loss_fires_when_an_accepted_upload_has_no_document(world: World) -> None:
     world.documents.pop(GAMMA_ID)
     assert_fired(world.check("no_loss"), "no_loss", document=GAMMA_ID, says="no document")
+
+
+def test_no_loss_fires_when_any_document_row_has_no_job(world: World) -> None:
+    orphan = uuid.UUID(int=78)  # an upload cut between its document and its job
+    world.documents[orphan] = replace(
+        world.documents[ALPHA_ID], document_id=orphan, file_sha256="0" * 64
+    )
+    assert_fired(world.check("no_loss"), "no_loss", document=orphan, says="has no job")
 
 
 def test_no_loss_fires_when_the_raw_blob_is_missing(world: World) -> None:

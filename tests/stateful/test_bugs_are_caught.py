@@ -1,10 +1,12 @@
 """Deliberate bugs in the worker are caught.
 
 Bugs that an interleaving of whole statements can expose are found by the machines, with
-a short shrunk program. A claim without its row lock is different: the reference claim
-is a single statement, so only two claims truly running at once can race, and that is
-the scheduler's concurrent mode, which the database (not Hypothesis) orders.
-(The full catalog of realistic bugs is a later `pipeline-models mutants`.)
+a short shrunk program. A claim without SKIP LOCKED (or without any row lock) is found
+the same way: the machine holds a job's row lock in another session, as a claimer
+half-way through would, and a claim that waits on it is reported. The double claim such
+a claim makes is a race of two single statements, which only the scheduler's concurrent
+mode (ordered by the database, not by Hypothesis) shows. (The full catalog of realistic
+bugs is ``pipeline-models mutants``.)
 """
 
 from __future__ import annotations
@@ -28,12 +30,18 @@ from pipeline_models.queries import QUERIES, Queries
 NO_ROW_LOCK = QUERIES.replace(
     claim_job=QUERIES["claim_job"].sql.replace("FOR UPDATE SKIP LOCKED", "")
 )
+NO_SKIP_LOCKED = QUERIES.replace(
+    claim_job=QUERIES["claim_job"].sql.replace("FOR UPDATE SKIP LOCKED", "FOR UPDATE")
+)
 NO_OWNER_CHECK = QUERIES.replace(
     lock_owned_job=(
         "SELECT job_id FROM upload_jobs WHERE job_id = $1 AND $2::text IS NOT NULL "
         "AND $3::timestamptz IS NOT NULL AND stage = $4 AND state = 'working' FOR UPDATE"
     ),
-    advance_job=QUERIES["advance_job"].sql.replace("AND owner = $2", "AND $2::text IS NOT NULL"),
+    advance_job=QUERIES["advance_job"].sql.replace(
+        "AND owner = $2 AND state = 'working' AND lease_expires_at > $3",
+        "AND $2::text IS NOT NULL AND state = 'working'",
+    ),
 )
 
 
@@ -93,6 +101,18 @@ def test_the_reference_passes_the_zombie_program() -> None:
         machine.teardown()
 
 
+class NoSkipLockedMutant(QueueMachine):
+    def make_driver(self) -> QueueDriver:
+        return ReferenceDriver(_Database.get(), config=CHECK_CONFIG, queries=NO_SKIP_LOCKED)
+
+
+def test_a_claim_without_skip_locked_is_caught_with_a_short_program() -> None:
+    violation, program = _catch(NoSkipLockedMutant, examples=100)
+    assert {v.invariant for v in violation.violations} == {"claims_skip_locks"}
+    assert any(line.startswith("state.hold_a_job_row_lock(") for line in program), program
+    assert 0 < len(program) <= 6, program
+
+
 def test_random_chunk_ids_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     # uuid4-style ids, drawn from a generator reseeded with every example: as random as
     # uuid4 to the pipeline, yet the same in a replay, which Hypothesis needs to shrink.
@@ -140,3 +160,54 @@ def test_a_claim_without_its_row_lock_double_claims_under_real_concurrency(
 
 def test_the_reference_claim_survives_the_same_race(pipeline_database: Database) -> None:
     assert asyncio.run(_race_claims(pipeline_database, QUERIES, rounds=200)) == []
+
+
+# The reference itself had this bug until the hold_a_job_row_lock rule found it: the fence
+# saw a live lease, then waited for the row lock another session held, and the lease ran
+# out meanwhile; the move then committed with no lease. The moves now check the lease at
+# their own time.
+MOVES_TRUST_THE_FENCE = QUERIES.replace(
+    advance_job=QUERIES["advance_job"].sql.replace(" AND lease_expires_at > $3", "")
+)
+
+
+class StaleFenceMutant(QueueMachine):
+    def make_driver(self) -> QueueDriver:
+        return ReferenceDriver(_Database.get(), config=CHECK_CONFIG, queries=MOVES_TRUST_THE_FENCE)
+
+
+def _fence_waits_past_the_lease(machine: QueueMachine) -> None:
+    """The shrunk program the search found: w1's fence waits on a held row lock, time
+    passes the lease, the lock goes, w1's commit goes through. (The invariants run after
+    every rule, as in the machine.)"""
+    rules = [
+        machine.enqueue_first_job,
+        lambda: machine.step_worker(worker="w1"),  # claimed: lease until t+30
+        lambda: machine.hold_a_job_row_lock(pick=0),
+        lambda: machine.advance_clock(seconds=10),
+        lambda: machine.step_worker(worker="w1"),  # validated; its fence waits on the lock
+        lambda: machine.advance_clock(seconds=31),
+        machine.release_the_job_row_lock,  # the fence gets the row; the lease is over
+        lambda: machine.run_worker(worker="w1", checkpoints=2),
+    ]
+    for rule in rules:
+        rule()
+        machine.database_agrees_with_the_model()
+
+
+def test_a_move_after_a_fence_that_waited_past_the_lease_is_caught() -> None:
+    machine = StaleFenceMutant()
+    try:
+        with pytest.raises(InvariantViolation) as raised:
+            _fence_waits_past_the_lease(machine)
+    finally:
+        machine.teardown()
+    assert "fencing" in {v.invariant for v in raised.value.violations}
+
+
+def test_the_reference_commits_nothing_after_its_lease_ran_out_waiting() -> None:
+    machine = QueueMachine()
+    try:
+        _fence_waits_past_the_lease(machine)
+    finally:
+        machine.teardown()

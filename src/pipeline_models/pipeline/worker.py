@@ -210,6 +210,13 @@ class Step:
     async def renew_lease(self) -> None:
         """A full lease for what comes next; :class:`LeaseLostError` if it is gone already
         (then the external call is not made: its result could not be committed)."""
+        if not await self._renew():
+            raise LeaseLostError(
+                f"{self.worker.name} lost job {self.job.job_id} before calling a service"
+            )
+
+    async def _renew(self) -> bool:
+        """Extend this worker's live lease by a full lease; False if it is gone."""
         now = self.now()
         async with self.worker.connection_lock:
             renewed = await self.worker.db.fetchval(
@@ -219,10 +226,7 @@ class Step:
                 now,
                 now + timedelta(seconds=self.config.lease_seconds),
             )
-        if renewed is None:
-            raise LeaseLostError(
-                f"{self.worker.name} lost job {self.job.job_id} before calling a service"
-            )
+        return renewed is not None
 
     async def _end_call(self, stop: asyncio.Event, heartbeat: asyncio.Task[None] | None) -> None:
         stop.set()
@@ -243,20 +247,12 @@ class Step:
                 stopper.cancel()
             if stop.is_set():
                 return
-            now = self.now()
             try:
-                async with self.worker.connection_lock:
-                    renewed = await self.worker.db.fetchval(
-                        self.queries["renew_lease"].sql,
-                        self.job.job_id,
-                        self.worker.name,
-                        now,
-                        now + timedelta(seconds=self.config.lease_seconds),
-                    )
+                renewed = await self._renew()
             except Exception as error:  # the commit's fence will tell the step
-                renewed = None
+                renewed = False
                 self.worker.log("lease_renewal_failed", self.job, describe(error))
-            if renewed is None:
+            if not renewed:
                 self.lease_lost = True
                 self.worker.log("lease_lost", self.job, "lease could not be renewed")
                 return
@@ -391,6 +387,9 @@ class BaseWorker:
         self.stats: Counter[str] = Counter()
         self._connection: asyncpg.Connection | None = None
         self.current_job: ClaimedJob | None = None
+        # True while the claim query runs: a claim must never wait on a row lock (the
+        # scheduler reads this when it finds the worker waiting).
+        self.claiming = False
 
     @property
     def db(self) -> asyncpg.Connection:
@@ -398,9 +397,18 @@ class BaseWorker:
             raise RuntimeError(f"{self.name} is not started: use 'async with' or await start()")
         return self._connection
 
-    async def start(self) -> None:
+    async def start(self, connection: asyncpg.Connection | None = None) -> None:
+        """Connect (named after the worker), or work on ``connection`` if given: it must
+        be set up like :meth:`Database.connect` sets one up, under the worker's name."""
         if self._connection is None or self._connection.is_closed():
-            self._connection = await self.database.connect(application_name=self.name)
+            if connection is None:
+                connection = await self.database.connect(application_name=self.name)
+            self._connection = connection
+
+    def detach(self) -> asyncpg.Connection | None:
+        """Hand the connection over without closing it (for reuse); the worker stops."""
+        connection, self._connection = self._connection, None
+        return connection
 
     async def close(self) -> None:
         if self._connection is not None and not self._connection.is_closed():
@@ -438,13 +446,17 @@ class BaseWorker:
     async def claim(self) -> ClaimedJob | None:
         now = self.clock.now()
         async with self.connection_lock:
-            record = await self.db.fetchrow(
-                self.queries["claim_job"].sql,
-                self.name,
-                now,
-                now + timedelta(seconds=self.config.lease_seconds),
-                self.config.retry.limit,
-            )
+            self.claiming = True
+            try:
+                record = await self.db.fetchrow(
+                    self.queries["claim_job"].sql,
+                    self.name,
+                    now,
+                    now + timedelta(seconds=self.config.lease_seconds),
+                    self.config.retry.limit,
+                )
+            finally:
+                self.claiming = False
         return None if record is None else ClaimedJob.from_record(record)
 
     async def run_once(self) -> StepResult:

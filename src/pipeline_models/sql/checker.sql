@@ -2,7 +2,8 @@
 
 
 -- name: snapshot_all
--- Every pipeline table in one statement: one round trip, one consistent snapshot.
+-- Every pipeline table in one statement: one round trip, one consistent snapshot. (Not
+-- observe_all without its audit rows: a snapshot must work where no audit is installed.)
 SELECT ARRAY(SELECT d FROM documents AS d) AS documents,
        ARRAY(SELECT j FROM upload_jobs AS j) AS jobs,
        ARRAY(SELECT c FROM document_chunk_buffer AS c ORDER BY c.document_id, c.chunk_ord)
@@ -11,3 +12,31 @@ SELECT ARRAY(SELECT d FROM documents AS d) AS documents,
            AS vector_buffer,
        ARRAY(SELECT f FROM document_chunks AS f ORDER BY f.document_id, f.chunk_ord)
            AS final_chunks;
+
+
+-- name: observe_all
+-- The tables and the audit rows after $1 in one statement: one round trip, and the
+-- changes are exactly those that led to the tables read.
+-- $1 after_audit_id bigint
+SELECT ARRAY(SELECT d FROM documents AS d) AS documents,
+       ARRAY(SELECT j FROM upload_jobs AS j) AS jobs,
+       ARRAY(SELECT c FROM document_chunk_buffer AS c ORDER BY c.document_id, c.chunk_ord)
+           AS chunk_buffer,
+       ARRAY(SELECT v FROM document_vector_buffer AS v ORDER BY v.document_id, v.chunk_id)
+           AS vector_buffer,
+       ARRAY(SELECT f FROM document_chunks AS f ORDER BY f.document_id, f.chunk_ord)
+           AS final_chunks,
+       ARRAY(SELECT a FROM checker_job_audit AS a WHERE a.audit_id > $1 ORDER BY a.audit_id)
+           AS audit;
+
+
+-- name: job_ids_in_order
+-- Every job, in insertion order (a replayed program picks alike).
+SELECT job_id FROM upload_jobs ORDER BY job_seq;
+
+
+-- name: lock_job_if_free
+-- Hold $1's row lock, as a claimer mid-transaction or an operator's query would; no row
+-- if another session holds it.
+-- $1 job_id uuid
+SELECT job_id FROM upload_jobs WHERE job_id = $1 FOR UPDATE SKIP LOCKED;
