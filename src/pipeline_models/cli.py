@@ -71,6 +71,129 @@ def check(database_url: str | None, profile: str, machine: str, max_examples: in
 
 @main.command()
 @_DATABASE_URL
+@click.option(
+    "--only", multiple=True, metavar="NAME", help="Run these mutants (repeatable; default all)."
+)
+@click.option(
+    "--sides",
+    default="checker,coarse,examples",
+    show_default=True,
+    help="What runs against each mutant: checker, coarse (whole steps), examples.",
+)
+@click.option("-j", "--jobs", default=2, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--max-examples",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Examples the machines may try per mutant before it counts as survived.",
+)
+@click.option(
+    "--shrink-seconds", default=30.0, show_default=True, help="Time allowed to shrink a kill."
+)
+@click.option(
+    "--reference-runs",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Also run the unchanged pipeline this many times with random seeds (no false alarms).",
+)
+@click.option(
+    "--catalog/--no-catalog",
+    default=True,
+    show_default=True,
+    help="Run the mutants (--no-catalog with --reference-runs: only the false-alarm runs).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def mutants(
+    database_url: str | None,
+    only: tuple[str, ...],
+    sides: str,
+    jobs: int,
+    max_examples: int,
+    shrink_seconds: float,
+    reference_runs: int,
+    catalog: bool,
+    as_json: bool,
+) -> None:
+    """Prove the checker bites: run it, and two baselines, against a catalog of bugs.
+
+    Each mutant is one realistic bug planted in a scratch copy of the reference pipeline.
+    Exits 1 if any mutant survives the checker, or the unchanged pipeline fails a run.
+    """
+    from pipeline_models.database import Database
+    from pipeline_models.mutants.catalog import BY_NAME, CATALOG
+    from pipeline_models.mutants.runner import (
+        RunOptions,
+        format_report,
+        run_mutants,
+        run_reference,
+        to_json,
+    )
+
+    chosen_sides = [side.strip() for side in sides.split(",") if side.strip()]
+    unknown_sides = set(chosen_sides) - {"checker", "coarse", "examples"}
+    if unknown_sides:
+        raise click.BadParameter(f"unknown side(s): {', '.join(sorted(unknown_sides))}")
+    unknown = [name for name in only if name not in BY_NAME]
+    if unknown:
+        raise click.BadParameter(
+            f"no mutant {', '.join(unknown)}; the catalog: {', '.join(BY_NAME)}"
+        )
+    chosen = ([BY_NAME[name] for name in only] if only else list(CATALOG)) if catalog else []
+    try:
+        with Database.from_environment(database_url) as database:
+            options = RunOptions(
+                database.url,
+                sides=chosen_sides,
+                max_examples=max_examples,
+                shrink_seconds=shrink_seconds,
+            )
+            if not as_json:
+                click.echo(
+                    f"pipeline-models mutants: {len(chosen)} mutants x {', '.join(chosen_sides)}, "
+                    f"{jobs} processes, {database.display_url}",
+                    err=True,
+                )
+
+            def progress(report: object) -> None:
+                if not as_json:
+                    name = getattr(report, "name", "")
+                    verdict = "killed" if report.killed_by("checker") else "survived"  # type: ignore[attr-defined]
+                    click.echo(f"  {name}: {verdict}", err=True)
+
+            reports = run_mutants(chosen, options, jobs=jobs, on_result=progress)
+            references = (
+                run_reference(list(range(reference_runs)), options, jobs=jobs)
+                if reference_runs
+                else []
+            )
+    except PipelineModelsError as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(to_json([*reports, *references], chosen_sides))
+    else:
+        if reports:
+            click.echo(format_report(reports, chosen_sides))
+        for reference in references:
+            result = reference.sides.get("checker")
+            if reference.error or result is None:
+                verdict = f"ERROR {reference.error}"
+            elif result.killed:
+                verdict = f"FALSE ALARM: {result.detail}"
+            else:
+                verdict = f"passed ({result.examples} examples, {result.seconds:.0f} s)"
+            click.echo(f"{reference.name}: {verdict}")
+    survived = "checker" in chosen_sides and any(
+        not report.killed_by("checker") for report in reports
+    )
+    false_alarm = any(reference.error or reference.killed_by("checker") for reference in references)
+    failed = any(report.error for report in reports)
+    sys.exit(1 if survived or false_alarm or failed else 0)
+
+
+@main.command()
+@_DATABASE_URL
 @click.option("-n", "--documents", default=20, show_default=True, type=click.IntRange(1))
 @click.option("-w", "--workers", default=4, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, help="Seed of the sample corpus.")

@@ -1,0 +1,220 @@
+"""One mutant, in its own process, on every side of the comparison; prints JSON.
+
+Run by :mod:`pipeline_models.mutants.runner` with the mutant's scratch copy first on
+``PYTHONPATH``, so ``import pipeline_models`` here is the buggy pipeline::
+
+    PYTHONPATH=/tmp/scratch python -m pipeline_models.mutants.child \\
+        --mutant claim-before-due --database-url ... --schema pm_mutants_0
+
+The sides:
+
+* ``checker``: the mutant's machine (queue or pipeline layer) in the ci profile, every
+  checkpoint a place to interleave; stops at the first failure, then shrinks it;
+* ``coarse``: the same machine with each step run whole (checkpoints off), so workers
+  interleave only between whole steps;
+* ``examples``: the example-based suite (:mod:`pipeline_models.mutants.examples`).
+
+``--seed`` runs the checker side with random generation from that seed instead of the
+derandomized ci profile (the reference's no-false-alarm runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hypothesis import seed as hypothesis_seed
+from hypothesis.errors import Flaky
+from hypothesis.stateful import run_state_machine_as_test
+
+from pipeline_models import machines
+from pipeline_models.database import Database
+from pipeline_models.drivers import CHECK_CONFIG, QueueDriver, ReferenceDriver
+from pipeline_models.invariants import InvariantViolation
+from pipeline_models.profiles import machine_settings
+
+SIDES = ("checker", "coarse", "examples")
+
+
+@dataclass
+class SideResult:
+    """How one side did against one mutant."""
+
+    side: str
+    killed: bool
+    seconds: float  # the whole side, shrinking included
+    seconds_to_kill: float | None = None  # to the first failing example
+    examples_to_kill: int | None = None
+    examples: int = 0
+    program: list[str] = field(default_factory=list)  # the shrunk program's rules
+    fired: list[str] = field(default_factory=list)  # invariants, or what else failed
+    detail: str | None = None  # the failure's first line
+
+
+def _fired(error: BaseException) -> tuple[list[str], str]:
+    """What the failure was: invariant names, or the rule's broken promise."""
+    if isinstance(error, InvariantViolation):
+        names = sorted({violation.invariant for violation in error.violations})
+        return names, str(error.violations[0])
+    if isinstance(error, Flaky):
+        return ["flaky (not reproducible)"], str(error).splitlines()[0]
+    if isinstance(error, AssertionError):
+        return ["api contract"], (str(error).splitlines() or [""])[0]
+    return [f"error: {type(error).__name__}"], (str(error).splitlines() or [""])[0]
+
+
+def _program(error: BaseException) -> list[str]:
+    notes = "\n".join(getattr(error, "__notes__", []))
+    return [
+        line.strip()
+        for line in notes.splitlines()
+        if line.strip().startswith("state.")
+        and "database_agrees_with_the_model" not in line
+        and "teardown()" not in line
+    ]
+
+
+def _machine(layer: str, *, whole_steps: bool, drain: bool = True) -> type[machines.QueueMachine]:
+    base: type[machines.QueueMachine] = (
+        machines.QueueMachine if layer == "queue" else machines.PipelineMachine
+    )
+
+    class Mutant(base):  # type: ignore[valid-type,misc]
+        DRAIN = drain
+
+        def make_driver(self) -> QueueDriver:
+            return ReferenceDriver(
+                machines._Database.get(), config=CHECK_CONFIG, whole_steps=whole_steps
+            )
+
+    Mutant.__name__ = base.__name__
+    return Mutant
+
+
+def run_machine(
+    layer: str, *, whole_steps: bool, max_examples: int, seed: int | None
+) -> SideResult:
+    """Search, stop at the first failure, shrink it. Once the first failure is known to
+    fire before the drain, the drains stop (half of every shrinking attempt's time, and
+    no part of the failure being shrunk). The time to kill is to the first failure."""
+    side = "coarse" if whole_steps else "checker"
+    machine = _machine(layer, whole_steps=whole_steps)
+    first: dict[str, Any] = {}
+    started = time.perf_counter()
+    teardown = machine.teardown
+
+    def timed_teardown(self: machines.QueueMachine) -> None:
+        before_drain = sys.exception() is not None
+        at_drain = False
+        try:
+            teardown(self)
+        except BaseException:
+            at_drain = not before_drain
+            raise
+        finally:
+            if (before_drain or at_drain) and not first:
+                first["seconds"] = time.perf_counter() - started
+                first["examples"] = machines.STATISTICS.examples
+                if before_drain:
+                    machine.DRAIN = False
+
+    machine.teardown = timed_teardown  # type: ignore[method-assign]
+    overrides: dict[str, Any] = {"max_examples": max_examples, "report_multiple_bugs": False}
+    if seed is not None:
+        overrides["derandomize"] = False
+        hypothesis_seed(seed)(machine)
+    machines.STATISTICS.__init__()  # type: ignore[misc]
+    try:
+        run_state_machine_as_test(machine, settings=machine_settings("ci", **overrides))
+    except Exception as error:
+        fired, detail = _fired(error)
+        return SideResult(
+            side,
+            True,
+            time.perf_counter() - started,
+            first.get("seconds"),
+            first.get("examples"),
+            machines.STATISTICS.examples,
+            _program(error),
+            fired,
+            detail,
+        )
+    return SideResult(
+        side, False, time.perf_counter() - started, examples=machines.STATISTICS.examples
+    )
+
+
+def run_examples_side(database: Database) -> SideResult:
+    from pipeline_models.mutants.examples import run_examples
+
+    started = time.perf_counter()
+    results = asyncio.run(run_examples(database))
+    failed = [result for result in results if not result.passed]
+    elapsed = 0.0
+    to_kill = None
+    for result in results:
+        elapsed += result.seconds
+        if not result.passed:
+            to_kill = elapsed
+            break
+    return SideResult(
+        "examples",
+        bool(failed),
+        time.perf_counter() - started,
+        to_kill,
+        examples=len(results),
+        fired=[result.name for result in failed],
+        detail=failed[0].message if failed else None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layer", choices=["queue", "pipeline"], default="pipeline")
+    parser.add_argument("--sides", default=",".join(SIDES))
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--schema", required=True)
+    parser.add_argument("--max-examples", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--shrink-seconds",
+        type=float,
+        default=None,
+        help="stop shrinking after this long (the report shows the shortest program found)",
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.shrink_seconds is not None:
+        # Hypothesis's own bound (300 s) is an engine constant, not a setting.
+        from hypothesis.internal.conjecture import engine
+
+        engine.MAX_SHRINKING_SECONDS = arguments.shrink_seconds
+    # Crashes and cut connections are the machines' plan; the workers' warnings are noise.
+    logging.getLogger("pipeline_models.worker").setLevel(logging.CRITICAL)
+    database = Database(arguments.database_url, schema=arguments.schema)
+    asyncio.run(database.ensure_schema())
+    machines.use_database(database)
+    results = []
+    for side in arguments.sides.split(","):
+        if side == "examples":
+            results.append(run_examples_side(database))
+        else:
+            results.append(
+                run_machine(
+                    arguments.layer,
+                    whole_steps=side == "coarse",
+                    max_examples=arguments.max_examples,
+                    seed=arguments.seed,
+                )
+            )
+    print(json.dumps([asdict(result) for result in results]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
