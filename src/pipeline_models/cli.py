@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -190,6 +191,172 @@ def mutants(
     false_alarm = any(reference.error or reference.killed_by("checker") for reference in references)
     failed = any(report.error for report in reports)
     sys.exit(1 if survived or false_alarm or failed else 0)
+
+
+_EXAMPLE_DATABASE = click.option(
+    "--database",
+    "example_database",
+    envvar="PIPELINE_MODELS_EXAMPLE_DATABASE",
+    show_envvar=True,
+    default=None,
+    metavar="DIR|redis://...",
+    help="The Hypothesis example database (default: .hypothesis/examples).",
+)
+
+
+@main.command()
+@_DATABASE_URL
+@_EXAMPLE_DATABASE
+@click.option("--minutes", default=5.0, show_default=True, type=click.FloatRange(min=0.05))
+@click.option("-n", "--processes", default=2, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--machine",
+    "machine_names",
+    multiple=True,
+    type=click.Choice(["pipeline", "queue"]),
+    help="Fuzz these machines (repeatable; default both).",
+)
+@click.option("--mutant", default=None, metavar="NAME", help="Plant this bug from the catalog.")
+@click.option(
+    "--repro-dir",
+    default="tests/regressions",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the repro files of failures go.",
+)
+@click.option("--keep-going", is_flag=True, help="Fuzz for the whole budget even after a failure.")
+def fuzz(
+    database_url: str | None,
+    example_database: str | None,
+    minutes: float,
+    processes: int,
+    machine_names: tuple[str, ...],
+    mutant: str | None,
+    repro_dir: Path,
+    keep_going: bool,
+) -> None:
+    """A long fuzz session over the state machines, on HypoFuzz, with the fuzz profile.
+
+    Prints a progress line, then a summary; failures are saved in the example database
+    and written as repro files. Exits 1 when the session found a failure.
+    """
+    from pipeline_models.fuzz import MACHINE_NAMES, FuzzOptions, FuzzReport, run_fuzz
+
+    options = FuzzOptions(
+        minutes=minutes,
+        processes=processes,
+        machines=machine_names or MACHINE_NAMES,
+        example_database=example_database,
+        database_url=database_url,
+        mutant=mutant,
+        repro_directory=repro_dir,
+        stop_at_first_failure=not keep_going,
+    )
+    live = sys.stderr.isatty()
+
+    def progress(report: FuzzReport) -> None:
+        if live:
+            click.echo("\r" + report.progress().ljust(110), nl=False, err=True)
+        elif int(report.seconds) % 30 == 0:
+            click.echo(report.progress(), err=True)
+
+    try:
+        report = run_fuzz(options, on_progress=progress)
+    except (RuntimeError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    if live:
+        click.echo("", err=True)
+    click.echo(report.render())
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@_EXAMPLE_DATABASE
+@click.option(
+    "--out",
+    default="tests/regressions",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
+@click.option(
+    "--machine",
+    "machine_names",
+    multiple=True,
+    type=click.Choice(["pipeline", "queue"]),
+    help="Only these machines' failures (repeatable; default both).",
+)
+@click.option("--label", default="fuzz", show_default=True, help="A word for the file names.")
+@click.option(
+    "--run",
+    "run_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Instead: replay this repro file with the debug profile, printing every step.",
+)
+@_DATABASE_URL
+def repro(
+    example_database: str | None,
+    out: Path,
+    machine_names: tuple[str, ...],
+    label: str,
+    run_file: Path | None,
+    database_url: str | None,
+) -> None:
+    """Turn each failure in the example database into a standalone pytest file.
+
+    With --run FILE, replay that file instead, printing every rule, each worker step and
+    the job rows it changed; exits 1 if it fails.
+    """
+    from pipeline_models import machines
+    from pipeline_models.database import Database
+    from pipeline_models.examples_database import example_database as open_database
+    from pipeline_models.repro import MACHINES, run_repro_file, write_repro_files
+
+    with Database.from_environment(database_url) as database:
+        import asyncio
+
+        asyncio.run(database.ensure_schema())
+        machines.use_database(database)
+        if run_file is not None:
+            failure = run_repro_file(run_file, echo=click.echo)
+            sys.exit(1 if failure is not None else 0)
+        paths = write_repro_files(
+            open_database(example_database),
+            out,
+            machine_names=machine_names or tuple(MACHINES),
+            label=label,
+        )
+    for path in paths:
+        click.echo(f"wrote {path}")
+    if not paths:
+        click.echo("no failure in the example database reproduces here")
+
+
+@main.command()
+@click.argument("runs", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    default=".pipeline-models/report",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Writes OUT.svg and OUT.md.",
+)
+def report(runs: tuple[Path, ...], out: Path) -> None:
+    """The lifecycle graph with how often each transition was seen, as SVG and Markdown.
+
+    RUNS are transition files written by `pipeline-models fuzz` and by pytest (default:
+    every .pipeline-models/transitions-*.json).
+    """
+    from pipeline_models.report import DEFAULT_DIRECTORY, load_counts, render_markdown, write_report
+
+    paths = list(runs) or sorted(DEFAULT_DIRECTORY.glob("transitions-*.json"))
+    if not paths:
+        raise click.ClickException(
+            "no transition files: run `pipeline-models fuzz` or `pytest tests/stateful` first"
+        )
+    svg, markdown = write_report(paths, out)
+    click.echo(render_markdown(load_counts(paths)))
+    click.echo(f"wrote {svg} and {markdown}")
 
 
 @main.command()

@@ -193,6 +193,8 @@ class QueueMachine(RuleBasedStateMachine):
             # Counted here, not read from the database: a precondition must not depend on
             # how a race came out, or Hypothesis cannot replay the program.
             self.new_documents = 0
+            # Where each worker last parked: a crash there is its own behaviour to cover.
+            self.parked_at: dict[str, object] = {}
             # What Hypothesis's target phase climbs (see _aim): how far documents got,
             # and how many texts were sent to the embeddings service per planned chunk.
             self._targets: dict[str, float] = {}
@@ -238,6 +240,7 @@ class QueueMachine(RuleBasedStateMachine):
         report = self._run(self.driver.step(self.worker_name(worker)))
         STATISTICS.steps += 1
         event(f"step {report.outcome}")
+        self.parked_at[worker] = report.checkpoint
         note(str(report))
 
     @rule(worker=st.sampled_from(("w1", "w2")), checkpoints=st.integers(2, 12))
@@ -273,6 +276,7 @@ class QueueMachine(RuleBasedStateMachine):
         self._run(self.driver.crash(self.worker_name(worker)))
         self.crashed.add(worker)
         event("crash")
+        event(f"crash at {self.parked_at.pop(worker, None) or 'a step boundary'}")
 
     @precondition(lambda self: bool(self.crashed))
     @rule(worker=st.sampled_from(("w1", "w2")))
@@ -449,11 +453,13 @@ class PipelineMachine(QueueMachine):
     @rule(plan=fault_plans())
     def put_faults_on_the_parser(self, plan: FaultPlan) -> None:
         self.pipeline.set_faults("parser", plan)
+        _fault_events("parser", plan)
         self.dirty = False
 
     @rule(plan=fault_plans(faults=faults(wrong_dimension=True)))
     def put_faults_on_the_embeddings(self, plan: FaultPlan) -> None:
         self.pipeline.set_faults("embeddings", plan)
+        _fault_events("embeddings", plan)
         self.dirty = False
 
     @rule()
@@ -464,11 +470,13 @@ class PipelineMachine(QueueMachine):
 
     @rule()
     def deliver_a_webhook_twice(self) -> None:
-        self._run(self.pipeline.deliver_webhooks(WebhookKind.DUPLICATE))
+        for status in self._run(self.pipeline.deliver_webhooks(WebhookKind.DUPLICATE)):
+            event(f"webhook duplicate {status}")
 
     @rule(kind=st.sampled_from([WebhookKind.TAMPERED, WebhookKind.STALE]))
     def deliver_a_forged_webhook(self, kind: WebhookKind) -> None:
         for status in self._run(self.pipeline.deliver_webhooks(kind)):
+            event(f"webhook {kind} {status}")
             assert status == 401, f"a {kind} webhook was answered {status}, not rejected (401)"
 
     @rule(pick=st.integers(0, 7))
@@ -556,9 +564,19 @@ def note(text: str) -> None:
         print(text)
 
 
+def _fault_events(service: str, plan: FaultPlan) -> None:
+    for fault in plan.script:
+        event(f"{service} fault {fault.kind if fault else 'none'}")
+
+
 def _record_coverage(changes: Iterable[JobChange]) -> None:
     for change in changes:
         kind = change.kind
+        if change.moved and change.old_stage is not None and change.new_stage is not None:
+            # Each edge of the lifecycle graph is its own behaviour for the fuzzer (and a
+            # count for `pipeline-models report`); a forbidden one is named as such.
+            edge = f"{change.old_stage}/{change.old_state} -> {change.new_stage}/{change.new_state}"
+            event(f"edge {edge}" if kind is not None else f"forbidden edge {edge}")
         if change.moved and kind is not None:
             STATISTICS.transitions[kind] += 1
             event(f"transition {kind}")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -25,6 +27,14 @@ _OPTIONS = {
     ),
     "schema": "schema holding the pipeline's tables (default: upload_pipeline)",
     "profile": "Hypothesis profile of the machines: ci, dev, fuzz or debug (default: ci)",
+    "example_database": (
+        "replay the failures in this example database, read-only: a directory or a "
+        "redis:// URL (default: PIPELINE_MODELS_EXAMPLE_DATABASE, else Hypothesis's own)"
+    ),
+    "transitions_file": (
+        "write the machines' transition counts here at the end of the session, for "
+        "`pipeline-models report` (default: .pipeline-models/transitions-pytest.json)"
+    ),
 }
 
 
@@ -33,6 +43,8 @@ class PipelineSettings:
     database_url: str | None
     schema: str
     profile: str | None
+    example_database: str | None
+    transitions_file: str
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -55,14 +67,35 @@ def pipeline_settings(config: pytest.Config) -> PipelineSettings:
         database_url=value("database_url") or os.environ.get("DATABASE_URL") or None,
         schema=value("schema") or "upload_pipeline",
         profile=value("profile"),
+        example_database=value("example_database")
+        or os.environ.get("PIPELINE_MODELS_EXAMPLE_DATABASE")
+        or None,
+        transitions_file=value("transitions_file") or ".pipeline-models/transitions-pytest.json",
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     from pipeline_models import profiles
 
+    settings = pipeline_settings(config)
     profiles.register_profiles()
-    profiles.select_profile(pipeline_settings(config).profile)
+    profiles.select_profile(settings.profile)
+    if settings.example_database:
+        from pipeline_models.examples_database import example_database
+
+        # Read-only: CI replays what fuzz sessions found, and neither adds its own
+        # failures to the shared database nor deletes those it does not reproduce.
+        profiles.use_example_database(example_database(settings.example_database, read_only=True))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    machines = sys.modules.get("pipeline_models.machines")
+    if machines is None or not machines.STATISTICS.examples:
+        return
+    from pipeline_models.report import save_statistics
+
+    path = Path(session.config.rootpath) / pipeline_settings(session.config).transitions_file
+    save_statistics(machines.STATISTICS, path, source="pytest")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -78,6 +111,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     return (
         f"pipeline-models: database {where}, schema {settings.schema}, "
         f"machine profile {active_profile()}"
+        + (f", example database {settings.example_database}" if settings.example_database else "")
     )
 
 

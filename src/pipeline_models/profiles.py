@@ -21,6 +21,7 @@ import os
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, Verbosity, settings
+from hypothesis.database import ExampleDatabase
 
 DEFAULT_PROFILE = "ci"
 ENVIRONMENT_VARIABLE = "PIPELINE_MODELS_PROFILE"
@@ -42,6 +43,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "suppress_health_check": _SLOW_IS_FINE,
     },
     "dev": {
+        "derandomize": False,
         "max_examples": 60,
         "stateful_step_count": 60,
         "phases": _NO_EXPLAIN,
@@ -50,6 +52,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "suppress_health_check": _SLOW_IS_FINE,
     },
     "fuzz": {
+        "derandomize": False,
         "max_examples": 10_000,
         "stateful_step_count": 100,
         "deadline": None,
@@ -57,6 +60,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "suppress_health_check": _SLOW_IS_FINE,
     },
     "debug": {
+        "derandomize": False,
         "max_examples": 5,
         "stateful_step_count": 30,
         "deadline": None,
@@ -67,6 +71,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 _active: str | None = None
+_example_database: ExampleDatabase | None = None
 
 
 def register_profiles() -> None:
@@ -89,12 +94,26 @@ def active_profile() -> str:
     return _active or select_profile(None)
 
 
+def use_example_database(database: ExampleDatabase | None) -> None:
+    """Make every machine in this process read and write ``database`` (None: the default).
+
+    Hypothesis refuses ``derandomize=True`` with a database (``derandomize=True implies
+    database=None``), so with one a derandomized profile (ci) draws random examples after
+    replaying the database's: a replaying run is a search, not a repeat.
+    """
+    global _example_database
+    _example_database = database
+
+
 def machine_settings(name: str | None = None, **overrides: Any) -> settings:
     """Hypothesis settings for a machine: the named (or active) profile, plus overrides."""
     chosen = name or active_profile()
     if chosen not in PROFILES:
         raise ValueError(f"no profile {chosen!r}; the profiles are: {', '.join(PROFILES)}")
-    return settings(**{**PROFILES[chosen], **overrides})
+    values = {**PROFILES[chosen], **overrides}
+    if _example_database is not None and "database" not in overrides:
+        values.update(database=_example_database, derandomize=False)
+    return settings(**values)
 
 
 __all__ = [
@@ -105,4 +124,5 @@ __all__ = [
     "machine_settings",
     "register_profiles",
     "select_profile",
+    "use_example_database",
 ]
