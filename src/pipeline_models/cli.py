@@ -287,6 +287,13 @@ def fuzz(
 )
 @click.option("--label", default="fuzz", show_default=True, help="A word for the file names.")
 @click.option(
+    "--shrink-seconds",
+    default=60,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Time allowed to shrink each failure.",
+)
+@click.option(
     "--run",
     "run_file",
     default=None,
@@ -299,6 +306,7 @@ def repro(
     out: Path,
     machine_names: tuple[str, ...],
     label: str,
+    shrink_seconds: int,
     run_file: Path | None,
     database_url: str | None,
 ) -> None:
@@ -325,6 +333,7 @@ def repro(
             out,
             machine_names=machine_names or tuple(MACHINES),
             label=label,
+            shrink_seconds=shrink_seconds,
         )
     for path in paths:
         click.echo(f"wrote {path}")

@@ -77,6 +77,7 @@ class FuzzOptions:
     directory: Path = Path(".pipeline-models")
     repro_directory: Path | None = Path("tests/regressions")
     stop_at_first_failure: bool = True
+    shrink_seconds: int = 60  # for each failure, before its repro file is written
 
 
 @dataclass
@@ -90,6 +91,7 @@ class FuzzReport:
     failures: dict[str, int] = field(default_factory=dict)  # machine -> new failures
     repro_files: list[Path] = field(default_factory=list)
     log: Path | None = None
+    package: Path | None = None  # the planted mutant's copy, first on PYTHONPATH
     ended: str = "time budget"
 
     @property
@@ -317,7 +319,7 @@ def run_fuzz(
         "-q",
         str(session / "test_fuzz_targets.py"),
     ]
-    report = FuzzReport(options, log=session / "hypofuzz.log")
+    report = FuzzReport(options, log=session / "hypofuzz.log", package=scratch)
     started = time.monotonic()
     with report.log.open("w") as log:  # type: ignore[union-attr]
         # Its own process group: the session ends HypoFuzz and all its workers at once.
@@ -394,6 +396,8 @@ def _write_repros(
         spec,
         "--out",
         str(options.repro_directory.resolve()),
+        "--shrink-seconds",
+        str(options.shrink_seconds),
     ]
     for machine in options.machines:
         command += ["--machine", machine]
