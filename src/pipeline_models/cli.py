@@ -253,11 +253,13 @@ def fuzz(
         stop_at_first_failure=not keep_going,
     )
     live = sys.stderr.isatty()
+    printed = [0]
 
     def progress(report: FuzzReport) -> None:
         if live:
             click.echo("\r" + report.progress().ljust(110), nl=False, err=True)
-        elif int(report.seconds) % 30 == 0:
+        elif int(report.seconds) // 30 > printed[0]:  # a line every 30 s in a log
+            printed[0] = int(report.seconds) // 30
             click.echo(report.progress(), err=True)
 
     try:

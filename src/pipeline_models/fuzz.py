@@ -93,6 +93,7 @@ class FuzzReport:
     log: Path | None = None
     package: Path | None = None  # the planted mutant's copy, first on PYTHONPATH
     ended: str = "time budget"
+    restarts: int = 0  # of HypoFuzz's hub, which can stop on its own (see run_fuzz)
 
     @property
     def ok(self) -> bool:
@@ -119,7 +120,7 @@ class FuzzReport:
             f"example database {options.example_database or 'default directory'}",
             f"ended by {self.ended} after {self.seconds:.0f} s: {self.counts.examples} examples "
             f"({self.counts.examples / max(self.seconds, 1e-9):.1f}/s), {self.counts.rules} "
-            f"rules, {self.steps} worker steps",
+            f"rules, {self.steps} worker steps; HypoFuzz restarted {self.restarts} times",
             f"transitions covered: {len(covered)} of {len(TransitionKind)}; lifecycle edges "
             f"seen: {len(self.counts.edges)}; forbidden edges: {len(self.counts.forbidden)}; "
             f"distinct events: {len(self.counts.events)}",
@@ -322,15 +323,19 @@ def run_fuzz(
     report = FuzzReport(options, log=session / "hypofuzz.log", package=scratch)
     started = time.monotonic()
     with report.log.open("w") as log:  # type: ignore[union-attr]
-        # Its own process group: the session ends HypoFuzz and all its workers at once.
-        process = subprocess.Popen(
-            command,
-            cwd=session,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+
+        def launch() -> subprocess.Popen[bytes]:
+            # Its own process group: the session ends HypoFuzz and its workers at once.
+            return subprocess.Popen(
+                command,
+                cwd=session,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        process = launch()
         try:
             while True:
                 time.sleep(1.0)
@@ -344,9 +349,6 @@ def run_fuzz(
                 }
                 if on_progress is not None:
                     on_progress(report)
-                if process.poll() is not None:
-                    report.ended = f"HypoFuzz exiting ({process.returncode})"
-                    break
                 if report.seconds >= options.minutes * 60:
                     break
                 # At the first failure, not the first shrunk one: HypoFuzz 25.11 cannot
@@ -355,6 +357,17 @@ def run_fuzz(
                 if options.stop_at_first_failure and report.failures:
                     report.ended = "the first failure"
                     break
+                if process.poll() is not None:
+                    if report.failures:
+                        report.ended = f"HypoFuzz exiting ({process.returncode})"
+                        break
+                    # HypoFuzz 25.11's hub exits when, at its once-a-minute check, no
+                    # worker has reported a finished batch of 100 examples yet, which
+                    # slow examples like these often have not. The corpus is in the
+                    # example database: a new hub carries on from it.
+                    _stop(process)
+                    report.restarts += 1
+                    process = launch()
         finally:
             _stop(process)
     report.seconds = time.monotonic() - started

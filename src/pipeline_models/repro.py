@@ -22,6 +22,8 @@ import hashlib
 import importlib.util
 import logging
 import re
+import shutil
+import subprocess
 import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -137,7 +139,12 @@ def render_test_file(
         for module, names in sorted(modules.items())
     )
     message = f"{type(error).__name__}: {error}".strip()
-    comment = "\n".join(f"#   {line}" if line else "#" for line in message.splitlines()[:40])
+    wrapped = [
+        piece
+        for line in message.splitlines()[:40]
+        for piece in (textwrap.wrap(line, 90, subsequent_indent="    ") or [""])
+    ]
+    comment = "\n".join(f"#   {line}" if line else "#" for line in wrapped)
     digest = hashlib.sha1(text.encode()).hexdigest()[:10]
     name = f"test_{machine.__name__.lower()}_{_identifier(label)}_{digest}"
     indented = textwrap.indent(text, "    ")
@@ -216,8 +223,17 @@ def write_repro_files(
             path = directory / f"{test_name.group(1)}.py"
             if path not in written:
                 path.write_text(text)
+                _format(path)
                 written.append(path)
     return written
+
+
+def _format(path: Path) -> None:
+    """Format the file as the project's code is (ruff), when ruff is installed: a repro file
+    is meant to be committed."""
+    ruff = shutil.which("ruff")
+    if ruff is not None:
+        subprocess.run([ruff, "format", "--quiet", str(path)], check=False, timeout=60)
 
 
 def load_repro_file(path: Path) -> ModuleType:

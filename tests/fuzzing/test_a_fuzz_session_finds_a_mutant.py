@@ -66,7 +66,11 @@ def session(shared_database: str, tmp_path_factory: pytest.TempPathFactory) -> F
 def _pytest(
     arguments: list[str], *, cwd: Path, package: Path | None
 ) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    # Without DATABASE_URL: each replay on an embedded server of its own, never in the
+    # schema this session's tests use.
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "DATABASE_URL"
+    }
     if package is not None:
         environment["PYTHONPATH"] = os.pathsep.join(
             [str(package), *filter(None, [environment.get("PYTHONPATH")])]
