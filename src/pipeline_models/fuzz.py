@@ -50,6 +50,7 @@ from pipeline_models.tables import format_table
 SESSION_VARIABLE = "PIPELINE_MODELS_FUZZ_SESSION"
 DATABASE_VARIABLE = "PIPELINE_MODELS_FUZZ_EXAMPLE_DATABASE"
 MACHINE_VARIABLE = "PIPELINE_MODELS_FUZZ_MACHINES"
+COPIES_VARIABLE = "PIPELINE_MODELS_FUZZ_COPIES"
 MACHINE_NAMES = ("pipeline", "queue")
 
 _TARGETS = '''"""Written by `pipeline-models fuzz`: the machines HypoFuzz runs in this session."""
@@ -168,12 +169,19 @@ def worker_test_cases() -> dict[str, type[Any]]:
     # the same): each process its own Postgres, created on first use after the fork.
     machines._Database.get = staticmethod(_database_of_this_process)  # type: ignore[method-assign]
     chosen = os.environ.get(MACHINE_VARIABLE, ",".join(MACHINE_NAMES)).split(",")
+    # HypoFuzz 25.11 deals tests out to its processes round-robin: with fewer tests than
+    # processes, some processes get none (one machine, -n 2: one idle process). So each
+    # machine is offered once per process, under as many names; the copies share the
+    # machine's database key, hence one corpus and one set of failures.
+    copies = int(os.environ.get(COPIES_VARIABLE, "1"))
     cases: dict[str, type[Any]] = {}
     for name, machine in _machine_classes().items():
         if name in chosen:
-            case = machine.TestCase
-            case.settings = machine_settings("fuzz")
-            cases[f"Test{machine.__name__}"] = case
+            for copy in range(1, copies + 1):
+                case = machine.TestCase
+                case.settings = machine_settings("fuzz")
+                suffix = f"_{copy}" if copies > 1 else ""
+                cases[f"Test{machine.__name__}{suffix}"] = case
     return cases
 
 
@@ -303,6 +311,7 @@ def run_fuzz(
             SESSION_VARIABLE: str(session),
             DATABASE_VARIABLE: spec,
             MACHINE_VARIABLE: ",".join(options.machines),
+            COPIES_VARIABLE: str(options.processes),
         }
     )
     command = [
