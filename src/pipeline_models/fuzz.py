@@ -93,6 +93,7 @@ class FuzzReport:
     repro_files: list[Path] = field(default_factory=list)
     log: Path | None = None
     package: Path | None = None  # the planted mutant's copy, first on PYTHONPATH
+    repro_problem: str | None = None  # why no repro file was written, if none was
     ended: str = "time budget"
     restarts: int = 0  # of HypoFuzz's hub, which can stop on its own (see run_fuzz)
 
@@ -136,6 +137,8 @@ class FuzzReport:
             found = ", ".join(f"{machine} ({count})" for machine, count in self.failures.items())
             lines.append(f"FAILED: new failures in the example database: {found}")
             lines.extend(f"  repro: {path}" for path in self.repro_files)
+            if self.repro_problem:
+                lines.append(f"  no repro file: {self.repro_problem}")
         if self.log is not None:
             lines.append(f"HypoFuzz's output: {self.log}")
         return "\n".join(lines)
@@ -224,8 +227,18 @@ def _start_statistics_writer(path: Path) -> None:
             with contextlib.suppress(Exception):
                 write()
 
+    def write_and_terminate(signum: int, frame: object) -> None:
+        # The session ends its workers with SIGTERM, often within a second of a failure:
+        # what they did until then still counts. Then die of SIGTERM as before.
+        with contextlib.suppress(Exception):
+            write()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
     threading.Thread(target=loop, name="pipeline-models-fuzz-statistics", daemon=True).start()
     atexit.register(write)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, write_and_terminate)
 
 
 # -- in the parent ---------------------------------------------------------------------
@@ -384,7 +397,7 @@ def run_fuzz(
     report.counts.sources = [f"fuzz session {session.name}"]
     save_counts(report.counts, options.directory / "transitions-fuzz.json")
     if report.failures and options.repro_directory is not None:
-        report.repro_files = _write_repros(options, spec, environment, scratch)
+        report.repro_files, report.repro_problem = _write_repros(options, spec, environment)
     return report
 
 
@@ -405,8 +418,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _write_repros(
-    options: FuzzOptions, spec: str, environment: dict[str, str], scratch: Path | None
-) -> list[Path]:
+    options: FuzzOptions, spec: str, environment: dict[str, str]
+) -> tuple[list[Path], str | None]:
     """Run ``pipeline-models repro`` with the session's package (the mutant, if any)."""
     assert options.repro_directory is not None
     command = [
@@ -428,11 +441,15 @@ def _write_repros(
     finished = subprocess.run(
         command, env=environment, capture_output=True, text=True, check=False, timeout=600
     )
-    return [
+    paths = [
         Path(line.split("wrote ", 1)[1])
         for line in finished.stdout.splitlines()
         if line.startswith("wrote ")
     ]
+    if paths:
+        return paths, None
+    said = (finished.stdout.strip() or finished.stderr.strip() or "no output").splitlines()
+    return [], f"pipeline-models repro (exit {finished.returncode}): {said[-1]}"
 
 
 __all__ = [

@@ -99,7 +99,8 @@ def use_example_database(database: ExampleDatabase | None) -> None:
 
     Hypothesis refuses ``derandomize=True`` with a database (``derandomize=True implies
     database=None``), so with one a derandomized profile (ci) draws random examples after
-    replaying the database's: a replaying run is a search, not a repeat.
+    replaying the database's: a replaying run is a search, not a repeat. Its programs may
+    be as long as the longest profile's (fuzz), so that every saved example replays whole.
     """
     global _example_database
     _example_database = database
@@ -113,6 +114,10 @@ def machine_settings(name: str | None = None, **overrides: Any) -> settings:
     values = {**PROFILES[chosen], **overrides}
     if _example_database is not None and "database" not in overrides:
         values.update(database=_example_database, derandomize=False)
+        # A saved example replays only as far as the step limit lets it: a failure a
+        # fuzz session found at rule 80 must not be cut at the ci profile's 50.
+        longest = max(profile["stateful_step_count"] for profile in PROFILES.values())
+        values["stateful_step_count"] = max(int(values.get("stateful_step_count", 0)), longest)
     return settings(**values)
 
 

@@ -52,6 +52,8 @@ def test_with_an_example_database_the_ci_profile_gives_up_derandomize_for_it() -
     assert chosen.database is database
     assert chosen.derandomize is False
     assert chosen.max_examples == profiles.PROFILES["ci"]["max_examples"]
+    # A fuzz session's failure replays whole, however late in its program it fired.
+    assert chosen.stateful_step_count == profiles.PROFILES["fuzz"]["stateful_step_count"]
 
 
 def test_the_fuzz_profile_is_random_even_under_a_derandomized_default() -> None:
