@@ -86,7 +86,15 @@ def check(database_url: str | None, profile: str, machine: str, max_examples: in
     default=300,
     show_default=True,
     type=click.IntRange(1),
-    help="Examples the machines may try per mutant before it counts as survived.",
+    help="Examples per round of the search.",
+)
+@click.option(
+    "--rounds",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Rounds per mutant before it counts as survived: the derandomized ci run, then "
+    "one more seed each.",
 )
 @click.option(
     "--shrink-seconds", default=30.0, show_default=True, help="Time allowed to shrink a kill."
@@ -111,6 +119,7 @@ def mutants(
     sides: str,
     jobs: int,
     max_examples: int,
+    rounds: int,
     shrink_seconds: float,
     reference_runs: int,
     catalog: bool,
@@ -147,6 +156,7 @@ def mutants(
                 database.url,
                 sides=chosen_sides,
                 max_examples=max_examples,
+                rounds=rounds,
                 shrink_seconds=shrink_seconds,
             )
             if not as_json:

@@ -417,6 +417,7 @@ def test_the_invariants_checked_after_every_step_are_all_but_liveness() -> None:
     assert list(INVARIANTS) == [
         "transitions",
         "claims_skip_locks",
+        "leases_cover_calls",
         "fencing",
         "no_loss",
         "no_duplicates",
@@ -619,6 +620,49 @@ def test_claims_skip_locks_fires_when_a_claim_waited_on_a_row_lock(world: World)
 
 def test_claims_skip_locks_holds_when_no_claim_waited(world: World) -> None:
     assert world.check("claims_skip_locks") == []
+
+
+# -- leases_cover_calls ----------------------------------------------------------------
+
+
+def test_leases_cover_calls_fires_when_a_call_starts_on_the_claims_lease(world: World) -> None:
+    *_, gamma, _ = ids(world)
+    job = world.snapshot().jobs[gamma]
+    assert job.owner == W2
+    assert job.lease_expires_at is not None
+    # The call starts 5 s after the lease was last set, and the lease was not renewed.
+    started = job.lease_expires_at - LEASE + timedelta(seconds=5)
+    found = check(
+        world.observation(calls_started={W2: (gamma, started)}),
+        world.expectations(),
+        names=["leases_cover_calls"],
+    )
+    violation = assert_fired(found, "leases_cover_calls", job=gamma, says="without renewing")
+    assert W2 in str(violation)
+
+
+def test_leases_cover_calls_holds_when_the_lease_was_renewed_at_the_call(world: World) -> None:
+    *_, gamma, _ = ids(world)
+    job = world.snapshot().jobs[gamma]
+    assert job.lease_expires_at is not None
+    started = job.lease_expires_at - LEASE
+    assert (
+        check(
+            world.observation(calls_started={W2: (gamma, started)}),
+            world.expectations(),
+            names=["leases_cover_calls"],
+        )
+        == []
+    )
+    # Another worker's call, or a job no longer held, is judged by fencing, not here.
+    assert (
+        check(
+            world.observation(calls_started={W1: (gamma, started + LEASE)}),
+            world.expectations(),
+            names=["leases_cover_calls"],
+        )
+        == []
+    )
 
 
 # -- fencing -------------------------------------------------------------------------
@@ -936,6 +980,27 @@ def test_cost_fires_when_every_batch_is_re_embedded_after_one_crash(world: World
     )
     violation = assert_fired(world.check("cost"), "cost", document=ALPHA_ID, says="10 texts")
     assert violation.expected == "at most 7 = 5 planned + 2 per batch x 1 interruptions"
+
+
+def test_cost_fires_when_a_committed_chunk_is_embedded_again(world: World) -> None:
+    # Gamma's first batch (ordinals 0 and 1) is committed: embeddings_done is 2.
+    assert world.snapshot().jobs[world.job_of[GAMMA_ID]].embeddings_done == 2
+    chunks = world.outcomes[GAMMA_ID].chunks
+    found = check(
+        # Sent after everything in the history so far: nothing new to check but the texts.
+        world.observation(changes=(), embedded_texts={GAMMA_ID: [chunks[0].text, chunks[2].text]}),
+        world.expectations(),
+        names=["cost"],
+    )
+    violation = assert_fired(found, "cost", document=GAMMA_ID, says="already committed")
+    assert violation.observed == "ordinals [0] sent again"
+
+
+def test_cost_allows_the_batch_in_flight_to_be_sent_again(world: World) -> None:
+    chunks = world.outcomes[GAMMA_ID].chunks
+    texts = [chunk.text for chunk in chunks[2:4]]
+    observation = world.observation(changes=(), embedded_texts={GAMMA_ID: texts})
+    assert check(observation, world.expectations(), names=["cost"]) == []
 
 
 def test_cost_allows_one_repeated_batch_per_interruption(world: World) -> None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 from starlette.applications import Starlette
@@ -90,11 +90,14 @@ class EmbeddingsFake(FakeService):
         # OpenAI's optional ``user`` field tags a request with an end user; the pipeline
         # sends its document id there, so cost can be counted per document.
         self.inputs_by_user: Counter[str] = Counter()
+        # Every text answered, in order, by user tag: which chunks were paid for again.
+        self.texts_by_user: defaultdict[str, list[str]] = defaultdict(list)
 
     def bill(self, texts: list[str], tokens: int, user: str | None = None) -> None:
         """Record one answered embeddings request (``user``: the caller's end-user tag)."""
         if user is not None:
             self.inputs_by_user[user] += len(texts)
+            self.texts_by_user[user].extend(texts)
         self.embedding_requests += 1
         self.inputs += len(texts)
         self.tokens_billed += tokens
