@@ -214,11 +214,12 @@ def _retry_count_plus_one(change: JobChange) -> bool:
 
 
 def _moves(change: JobChange) -> bool:
-    """The row changed stage, state or owner (what ``JobChange.moved`` says, by name)."""
-    return (change.old_stage, change.old_state, change.old_owner) != (
+    """The row changed stage, state, owner or hold (what ``JobChange.moved`` says, by name)."""
+    return (change.old_stage, change.old_state, change.old_owner, change.old_held_for) != (
         change.new_stage,
         change.new_state,
         change.new_owner,
+        change.new_held_for,
     )
 
 
@@ -406,6 +407,21 @@ def transitions(observation: Observation, expectations: Expectations) -> list[Vi
                     "retry_count 0",
                     f"retry_count {change.new_retry_count}",
                 )
+        elif kind is TransitionKind.HOLD:
+            if change.actor != change.old_owner or change.new_retry_count != change.old_retry_count:
+                fail(
+                    change,
+                    "a budget hold must be made by the job's owner and count no attempt",
+                    f"by {change.old_owner!r}, retry_count {change.old_retry_count}",
+                    f"by {change.actor!r}, retry_count {change.new_retry_count}",
+                )
+        elif kind is TransitionKind.RELEASE and change.actor in workers:
+            fail(
+                change,
+                "a worker released a budget hold, which only an operator may",
+                "an actor outside the workers (the budget command or the API)",
+                f"worker {change.actor!r}",
+            )
     return found
 
 

@@ -127,6 +127,19 @@ class ParserClient:
             pages=pages if isinstance(pages, int) else None,
         )
 
+    async def result_pages(self, parser_job_id: str) -> int:
+        """The pages the parser billed for a finished job (its result's ``job_metadata``)."""
+        response = await self._request(
+            "GET", f"/api/v1/parsing/job/{parser_job_id}/result/markdown"
+        )
+        metadata = self._json(response, "job_metadata")["job_metadata"]
+        pages = metadata.get("job_pages") if isinstance(metadata, dict) else None
+        if not isinstance(pages, int) or isinstance(pages, bool) or pages < 0:
+            raise TransientServiceError(
+                PARSER, f"malformed result: job_metadata.job_pages is {pages!r}"
+            )
+        return pages
+
     async def download_markdown(self, parser_job_id: str, out: BinaryIO) -> int:
         """Stream the markdown result into ``out``; the number of bytes written."""
         path = f"/api/v1/parsing/job/{parser_job_id}/result/raw/markdown"
