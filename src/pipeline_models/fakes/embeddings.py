@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import time
 from collections import Counter
 from typing import Any
 
@@ -86,6 +87,8 @@ class EmbeddingsFake(FakeService):
         self.embedding_requests = 0
         self.inputs = 0
         self.tokens_billed = 0
+        # When each billed request arrived (time.monotonic()) and its tokens.
+        self.token_arrivals: list[tuple[float, int]] = []
         self.embedded_texts: Counter[str] = Counter()
         # OpenAI's optional ``user`` field tags a request with an end user; the pipeline
         # sends its document id there, so cost can be counted per document.
@@ -98,6 +101,7 @@ class EmbeddingsFake(FakeService):
         self.embedding_requests += 1
         self.inputs += len(texts)
         self.tokens_billed += tokens
+        self.token_arrivals.append((time.monotonic(), tokens))
         self.embedded_texts.update(texts)
 
     def stats(self) -> dict[str, Any]:
