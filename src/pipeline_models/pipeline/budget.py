@@ -81,6 +81,15 @@ class Budget:
                 released = await self.release_held(connection, now)
         return state, released
 
+    async def ensure(
+        self, connection: asyncpg.Connection, limit_usd: Decimal, now: datetime
+    ) -> BudgetState:
+        """Create the budget with ``limit_usd`` unless it exists (then it is left alone)."""
+        await connection.execute(self.queries["create_budget"].sql, self.budget_id, limit_usd, now)
+        state = await self.state(connection)
+        assert state is not None  # created just now, or already there; never deleted
+        return state
+
     async def release_held(self, connection: asyncpg.Connection, now: datetime) -> int:
         """Make every job held for the budget claimable again; how many there were."""
         status = await connection.execute(self.queries["release_held_jobs"].sql, BUDGET_HOLD, now)

@@ -36,6 +36,7 @@ from pipeline_models.fakes import (
     openai_http_client,
     parser_http_client,
 )
+from pipeline_models.metrics import PipelineMetrics
 from pipeline_models.pipeline.budget import Budget
 from pipeline_models.pipeline.circuit import CircuitBreaker
 from pipeline_models.pipeline.config import WorkerConfig
@@ -80,6 +81,7 @@ class ReferencePipeline:
         fakes: Fakes | None = None,
         budget: Budget | None = None,
         rate_limits: RateLimits | None = None,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         self.database = database
         self.storage = storage
@@ -92,6 +94,7 @@ class ReferencePipeline:
         # Also shared: one spending budget (None: no cap) and one set of rate limits.
         self.budget = budget
         self.rate_limits = rate_limits or RateLimits()
+        self.metrics = metrics
 
     @classmethod
     def with_fakes(
@@ -108,6 +111,7 @@ class ReferencePipeline:
         webhook_secrets: Sequence[str] = (),
         budget: Budget | None = None,
         rate_limits: RateLimits | None = None,
+        metrics: PipelineMetrics | None = None,
     ) -> ReferencePipeline:
         """The pipeline against in-process fakes (no sockets, deterministic).
 
@@ -150,6 +154,7 @@ class ReferencePipeline:
             fakes=fakes,
             budget=budget,
             rate_limits=rate_limits,
+            metrics=metrics,
         )
 
     @classmethod
@@ -167,6 +172,7 @@ class ReferencePipeline:
         config: WorkerConfig | None = None,
         budget: Budget | None = None,
         rate_limits: RateLimits | None = None,
+        metrics: PipelineMetrics | None = None,
     ) -> ReferencePipeline:
         """The pipeline against services reached over the network (served fakes or real).
 
@@ -190,6 +196,7 @@ class ReferencePipeline:
             config=config,
             budget=budget,
             rate_limits=rate_limits,
+            metrics=metrics,
         )
 
     def worker(self, *, name: str | None = None, **options: Any) -> BaseWorker:
@@ -197,6 +204,7 @@ class ReferencePipeline:
         options.setdefault("breakers", self.breakers)
         options.setdefault("budget", self.budget)
         options.setdefault("rate_limits", self.rate_limits)
+        options.setdefault("metrics", self.metrics)
         return BaseWorker(
             self.database,
             services=self.services,

@@ -47,6 +47,7 @@ from pipeline_models.errors import (
     ServiceError,
 )
 from pipeline_models.lifecycle import BUDGET_HOLD, Stage, State, next_stage
+from pipeline_models.metrics import PipelineMetrics
 from pipeline_models.pipeline.budget import Budget
 from pipeline_models.pipeline.checkpoints import Checkpoint, CheckpointHook
 from pipeline_models.pipeline.circuit import CircuitBreaker
@@ -205,16 +206,23 @@ class Step:
             )
             result = await self._call(service, breaker, operation)
         except ServiceError as error:
+            self._count_call(service, "transient" if error.transient else "permanent")
             if error.retry_after:
                 self.worker.rate_limits.pause(service, error.retry_after)
             await self._settle(reserved, Decimal(0))
             raise
         except Exception:
+            self._count_call(service, "error")
             await self._settle(reserved, Decimal(0))
             raise
+        self._count_call(service, "ok")
         if billed is not None:
             await self._settle(reserved, self.price(billed(result)))
         return result
+
+    def _count_call(self, service: str, outcome: str) -> None:
+        if self.worker.metrics is not None:
+            self.worker.metrics.external_calls.labels(service=service, outcome=outcome).inc()
 
     async def _reserve(self, service: str, estimate: Usage | None) -> Decimal | None:
         budget = self.worker.budget
@@ -459,6 +467,7 @@ class BaseWorker:
         breakers: Mapping[str, CircuitBreaker] | None = None,
         budget: Budget | None = None,
         rate_limits: RateLimits | None = None,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         from pipeline_models.pipeline.stages import STAGE_HANDLERS
 
@@ -475,6 +484,7 @@ class BaseWorker:
         # None: no spending cap, and no budget query is ever made.
         self.budget = budget
         self.rate_limits = rate_limits or RateLimits()
+        self.metrics = metrics
         self.connection_lock = asyncio.Lock()
         self.stats: Counter[str] = Counter()
         self._connection: asyncpg.Connection | None = None
@@ -632,6 +642,11 @@ class BaseWorker:
             except _CONNECTION_ERRORS as lost_connection:
                 raise self._unavailable(lost_connection) from lost_connection
         self.stats[result.action.value] += 1
+        if self.metrics is not None:
+            self.metrics.steps.labels(stage=job.stage.value, action=result.action.value).inc()
+            self.metrics.stage_seconds.labels(stage=job.stage.value).observe(
+                time.perf_counter() - step.started
+            )
         self.log(result.action.value, job, str(result))
         return result
 

@@ -314,6 +314,11 @@ FROM upload_jobs
 WHERE state IN ('queued', 'working', 'retryable') AND held_for IS NULL;
 
 
+-- name: count_held_jobs
+-- Jobs held for the budget, by stage.
+SELECT stage, count(*) AS jobs FROM upload_jobs WHERE held_for IS NOT NULL GROUP BY stage;
+
+
 -- name: job_counts
 -- Jobs by stage and state, for health and the demo's table.
 SELECT stage, state, count(*) AS jobs FROM upload_jobs GROUP BY stage, state;
@@ -331,8 +336,9 @@ GROUP BY stage;
 -- A job as its owner sees it; no row for anyone else (so ids do not leak).
 -- $1 job_id uuid, $2 user_id uuid
 SELECT job.job_id, job.document_id, document.filename, job.stage, job.state,
-       job.retry_count, job.last_error, job.chunks_total, job.chunks_done,
-       job.embeddings_done, job.created_at, job.updated_at
+       job.held_for, job.retry_count, job.last_error, job.chunks_total, job.chunks_done,
+       job.embeddings_done, job.pages_billed, job.tokens_billed, job.cost_usd,
+       job.created_at, job.updated_at
 FROM upload_jobs AS job
 JOIN documents AS document ON document.document_id = job.document_id
 WHERE job.job_id = $1 AND job.user_id = $2;
@@ -412,6 +418,23 @@ UPDATE upload_jobs
 SET pages_billed = pages_billed + $2, tokens_billed = tokens_billed + $3,
     cost_usd = cost_usd + $4
 WHERE job_id = $1;
+
+
+-- name: run_usage
+-- The usage and cost of every job, summed.
+SELECT coalesce(sum(pages_billed), 0)::bigint AS pages,
+       coalesce(sum(tokens_billed), 0)::bigint AS tokens,
+       coalesce(sum(cost_usd), 0)::numeric AS cost_usd
+FROM upload_jobs;
+
+
+-- name: create_budget
+-- The budget with this limit, unless it exists already (then it keeps its limit: a
+-- restarted worker must not undo an operator's raise).
+-- $1 budget_id text, $2 limit_usd numeric, $3 now timestamptz
+INSERT INTO spending_budget (budget_id, limit_usd, updated_at)
+VALUES ($1, $2, $3)
+ON CONFLICT (budget_id) DO NOTHING;
 
 
 -- name: set_budget_limit
