@@ -270,7 +270,14 @@ def create_embeddings_app(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
             )
         if header != f"Bearer {api_key}":
-            return openai_error(401, "Incorrect API key provided.", code="invalid_api_key")
+            # Like OpenAI, echo the key masked (its head and last four characters): the
+            # client must keep even this out of its errors.
+            sent = header.removeprefix("Bearer ")
+            return openai_error(
+                401,
+                f"Incorrect API key provided: {sent[:8]}{'*' * 20}{sent[-4:]}.",
+                code="invalid_api_key",
+            )
         return None
 
     async def embeddings(request: Request) -> Response:
