@@ -37,6 +37,7 @@ from pipeline_models.lifecycle import Stage, State
 from pipeline_models.metrics import CONTENT_TYPE, PipelineMetrics, run_usage
 from pipeline_models.pipeline.auth import AuthenticationError, TokenIssuer
 from pipeline_models.pipeline.budget import Budget
+from pipeline_models.pipeline.costs import Usage, parse_correction
 from pipeline_models.pipeline.reference import ReferencePipeline
 from pipeline_models.pipeline.retry import describe
 from pipeline_models.pipeline.storage import parsed_key
@@ -385,9 +386,12 @@ def create_api(pipeline: ReferencePipeline, settings: ApiSettings) -> FastAPI:
             if job["stage"] != Stage.PARSING or State(job["state"]) not in _LIVE:
                 return _webhook_result("duplicate")
             key = parsed_key(job["document_id"])
+            parser = runtime.pipeline.services.parser
             try:
                 with runtime.pipeline.storage.writer(key) as out:
-                    await runtime.pipeline.services.parser.download_markdown(notice.job_id, out)
+                    await parser.download_markdown(notice.job_id, out)
+                # What the parser billed, from its job result, as the poller records it.
+                pages = await parser.result_pages(notice.job_id)
             except ServiceError as error:
                 raise HTTPException(503, f"could not fetch the parse result: {error}") from None
             async with connection.transaction():
@@ -397,8 +401,9 @@ def create_api(pipeline: ReferencePipeline, settings: ApiSettings) -> FastAPI:
                 if moved is None:
                     return _webhook_result("duplicate")
                 await connection.execute(
-                    QUERIES["set_parsed_blob"].sql, job["document_id"], key, None, now
+                    QUERIES["set_parsed_blob"].sql, job["document_id"], key, pages, now
                 )
+                await _charge_parse(runtime.pipeline, connection, job, pages, now)
                 await _event(connection, job, "webhook_accepted", now, {"parser": notice.job_id})
         return _webhook_result("accepted")
 
@@ -503,6 +508,25 @@ def _job_status(row: asyncpg.Record) -> JobStatus:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+async def _charge_parse(
+    pipeline: ReferencePipeline,
+    connection: asyncpg.Connection,
+    job: asyncpg.Record,
+    pages: int,
+    now: datetime,
+) -> None:
+    """The webhook's half of what ``collect_parse`` does when it polls: the job's pages
+    and cost, and the budget trued up from the estimate the upload's call reserved."""
+    config = pipeline.config
+    cost = config.prices.price(Usage(pages=pages))
+    await connection.execute(QUERIES["add_job_usage"].sql, job["job_id"], pages, 0, cost)
+    if pipeline.budget is not None:
+        correction = parse_correction(config.prices, pages=pages, size_bytes=job["size_bytes"])
+        await pipeline.budget.settle(
+            connection, reserved_usd=Decimal(0), spent_usd=correction, now=now
+        )
 
 
 async def _event(

@@ -114,6 +114,12 @@ class PriceTable:
         return cost
 
 
+def parse_correction(prices: PriceTable, *, pages: int, size_bytes: int) -> Decimal:
+    """What to add to a budget's spend once the parser has counted ``pages``: the upload
+    was settled at the estimate for ``size_bytes`` (negative when it overestimated)."""
+    return prices.price(Usage(pages=pages)) - prices.price(Usage(pages=estimate_pages(size_bytes)))
+
+
 def estimate_pages(size_bytes: int) -> int:
     """The pages a parse of ``size_bytes`` may bill, at least one (an overestimate)."""
     return max(1, math.ceil(size_bytes / ESTIMATE_BYTES_PER_PAGE))
@@ -146,4 +152,5 @@ __all__ = [
     "Usage",
     "estimate_pages",
     "estimate_tokens",
+    "parse_correction",
 ]

@@ -52,7 +52,7 @@ from pipeline_models.pipeline.budget import Budget
 from pipeline_models.pipeline.checkpoints import Checkpoint, CheckpointHook
 from pipeline_models.pipeline.circuit import CircuitBreaker
 from pipeline_models.pipeline.config import WorkerConfig
-from pipeline_models.pipeline.costs import Usage, estimate_pages
+from pipeline_models.pipeline.costs import Usage, parse_correction
 from pipeline_models.pipeline.ratelimit import RateLimits
 from pipeline_models.pipeline.retry import Failure, FailureKind, classify, describe
 from pipeline_models.pipeline.services import EMBEDDINGS, PARSER, Services
@@ -261,12 +261,11 @@ class Step:
         budget = self.worker.budget
         if budget is None:
             return
-        estimated = self.price(Usage(pages=estimate_pages(self.job.size_bytes)))
+        correction = parse_correction(
+            self.config.prices, pages=pages, size_bytes=self.job.size_bytes
+        )
         await budget.settle(
-            connection,
-            reserved_usd=Decimal(0),
-            spent_usd=self.price(Usage(pages=pages)) - estimated,
-            now=self.now(),
+            connection, reserved_usd=Decimal(0), spent_usd=correction, now=self.now()
         )
 
     async def _call(

@@ -363,10 +363,12 @@ UPDATE documents SET status = 'processing', updated_at = $2 WHERE document_id = 
 -- name: job_by_parser_job
 -- The job a parser webhook is about.
 -- $1 parser_job_id text
-SELECT job_id, document_id, stage, state, correlation_id
-FROM upload_jobs
-WHERE parser_job_id = $1
-ORDER BY created_at DESC
+SELECT job.job_id, job.document_id, job.stage, job.state, job.correlation_id,
+       document.size_bytes
+FROM upload_jobs AS job
+JOIN documents AS document ON document.document_id = job.document_id
+WHERE job.parser_job_id = $1
+ORDER BY job.created_at DESC
 LIMIT 1;
 
 
