@@ -42,6 +42,7 @@ from pipeline_models.lifecycle import (
 )
 from pipeline_models.model import ExpectedChunk, ExpectedOutcome, discrepancies
 from pipeline_models.pipeline.config import WorkerConfig
+from pipeline_models.pipeline.costs import Usage
 from pipeline_models.snapshot import ChunkRow, DocumentRow, JobRow, Snapshot, VectorRow
 
 _WORKING = State.WORKING.value
@@ -922,8 +923,27 @@ def cost(observation: Observation, expectations: Expectations) -> list[Violation
     claimed. (A worker may write its counters and its requeue in separate statements of
     one transaction, so the requeue's own audit row does not show the progress.) A
     document with no planned chunks is never sent.
+
+    And a job's recorded cost is what its recorded usage costs at the configured prices,
+    by the one function the spending budget reserves and settles with
+    (:meth:`PriceTable.price`): the budget and this check agree on what a call costs.
     """
     found: list[Violation] = []
+    config = expectations.config
+    for job in observation.snapshot.jobs.values():
+        usage = Usage(pages=job.pages_billed, tokens=job.tokens_billed)
+        priced = config.prices.price(usage, embed_model=config.embed_model)
+        if job.cost_usd != priced:
+            found.append(
+                Violation(
+                    "cost",
+                    "a job's recorded cost is not what its recorded usage costs",
+                    job_id=job.job_id,
+                    document_id=job.document_id,
+                    expected=f"{priced} USD for {usage.pages} pages and {usage.tokens} tokens",
+                    observed=f"{job.cost_usd} USD",
+                )
+            )
     inputs = observation.embedding_inputs
     if not inputs:
         return found

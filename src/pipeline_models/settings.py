@@ -16,6 +16,7 @@ on the database, the blob store, the services and the secrets:
 ``PIPELINE_WEBHOOK_URL``   where the parser should send its webhook
 ``PIPELINE_LEASE_SECONDS`` a worker's lease (30)
 ``PIPELINE_MAX_COST``      the spending cap of a run, in USD (none)
+``PIPELINE_OPERATORS``     user ids (UUIDs, comma-separated) that may set the budget
 ``PIPELINE_CONFIG``        a TOML config file (below)
 =========================  =================================================
 
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
@@ -84,6 +86,7 @@ class Settings:
     prices: PriceTable = field(default_factory=PriceTable.default)
     rates: Mapping[str, ServiceRate] = field(default_factory=dict)
     config_file: Path | None = None
+    operators: frozenset[uuid.UUID] = frozenset()
 
     @classmethod
     def from_env(
@@ -119,6 +122,10 @@ class Settings:
             )
         if env.get("PIPELINE_LEASE_SECONDS"):
             values["lease_seconds"] = float(env["PIPELINE_LEASE_SECONDS"])
+        if env.get("PIPELINE_OPERATORS"):
+            values["operators"] = frozenset(
+                uuid.UUID(s.strip()) for s in env["PIPELINE_OPERATORS"].split(",") if s.strip()
+            )
         if env.get("PIPELINE_MAX_COST"):
             values["max_cost_usd"] = _usd(env["PIPELINE_MAX_COST"], "PIPELINE_MAX_COST")
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -146,6 +153,8 @@ class Settings:
             env["PIPELINE_MAX_COST"] = str(self.max_cost_usd)
         if self.config_file is not None:
             env["PIPELINE_CONFIG"] = str(self.config_file)
+        if self.operators:
+            env["PIPELINE_OPERATORS"] = ",".join(sorted(str(u) for u in self.operators))
         return env
 
     def with_(self, **changes: Any) -> Settings:

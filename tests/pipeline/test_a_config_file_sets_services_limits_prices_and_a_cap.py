@@ -63,8 +63,11 @@ def test_the_environment_wins_over_the_file(config_file: Path) -> None:
         "PIPELINE_CONFIG": str(config_file),
         "PIPELINE_PARSER_KEY": "llx-from-the-env",
         "PIPELINE_MAX_COST": "1",
+        "PIPELINE_OPERATORS": "00000000-0000-0000-0000-000000000064",
     }
     settings = Settings.from_env(env)
+    assert [u.int for u in settings.operators] == [100]
+    assert Settings.from_env(settings.to_env()).operators == settings.operators
     assert settings.parser_key == "llx-from-the-env"
     assert settings.max_cost_usd == Decimal("1")
     assert settings.parser_url == "https://parser.example"  # the file still counts

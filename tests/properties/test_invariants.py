@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -1056,6 +1057,17 @@ def test_cost_does_not_count_a_batch_requeue_whose_progress_was_written_first(
     assert all(c.old_embeddings_done == c.new_embeddings_done for c in requeues)
     world.inputs[ALPHA_ID] = len(world.outcomes[ALPHA_ID].chunks) + 1
     assert_fired(world.check("cost"), "cost", document=ALPHA_ID, says="x 0 interruptions")
+
+
+def test_cost_fires_when_a_job_records_a_cost_its_usage_does_not_explain(world: World) -> None:
+    alpha, *_ = ids(world)
+    # 2 pages and 1,000 tokens cost 2 x $0.003 + 1,000 x $0.02/1M = $0.00602 at list prices.
+    world.jobs[alpha] = replace(
+        world.jobs[alpha], pages_billed=2, tokens_billed=1000, cost_usd=Decimal("0.00602")
+    )
+    assert world.check("cost") == []
+    world.jobs[alpha] = replace(world.jobs[alpha], cost_usd=Decimal("0.006"))  # tokens unpriced
+    assert_fired(world.check("cost"), "cost", job=alpha, says="recorded usage costs")
 
 
 def test_cost_fires_when_a_document_with_no_planned_chunks_is_embedded(world: World) -> None:

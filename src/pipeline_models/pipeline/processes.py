@@ -68,6 +68,7 @@ def run_api(
                     ApiSettings(
                         token_secret=settings.token_secret,
                         webhook_secrets=settings.webhook_secrets,
+                        operators=settings.operators,
                     ),
                 )
                 listener = socket.create_server((host, port))
