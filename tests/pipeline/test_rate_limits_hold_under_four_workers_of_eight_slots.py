@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 
 import asyncpg
 import pytest
 
 from pipeline_models.clock import SystemClock
 from pipeline_models.documents import markdown_document
+from pipeline_models.pipeline.checkpoints import Checkpoint
 from pipeline_models.pipeline.ratelimit import RateLimits, ServiceRate
 from pipeline_models.pipeline.reference import ReferencePipeline
 from pipeline_models.pipeline.services import EMBEDDINGS, PARSER
-from pipeline_models.pipeline.worker import BaseWorker
-from tests.conftest import PipelineFactory
+from pipeline_models.pipeline.worker import BaseWorker, ClaimedJob, StepAction
+from tests.conftest import TEST_CONFIG, PipelineFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -118,3 +120,32 @@ async def test_a_call_larger_than_the_token_limit_is_refused_with_the_fix() -> N
     limits = RateLimits({EMBEDDINGS: ServiceRate(tokens=10, window_seconds=60)})
     with pytest.raises(ValueError, match="make the batches smaller"):
         await limits.acquire(EMBEDDINGS, tokens=11)
+
+
+async def test_a_wait_for_the_rate_limit_renews_the_lease_before_the_call(
+    make_pipeline: PipelineFactory, db: asyncpg.Connection
+) -> None:
+    # A lease of 1 s and a wait of about 0.8 s for the parser: without a renewal after the
+    # wait, the call would start with about 0.2 s of lease left.
+    limits = RateLimits({PARSER: ServiceRate(requests=1, window_seconds=0.8)})
+    pipeline = make_pipeline(
+        clock=SystemClock(),
+        config=replace(TEST_CONFIG, lease_seconds=1.0),
+        rate_limits=limits,
+    )
+    await pipeline.upload(db, user_id=ALICE, document=DOCUMENTS[0])
+    left_at_call: list[float] = []
+
+    async def at_call(worker: str, checkpoint: Checkpoint, job: ClaimedJob | None) -> None:
+        if checkpoint is Checkpoint.BEFORE_CALL and job is not None:
+            lease = await db.fetchval(
+                "SELECT lease_expires_at FROM upload_jobs WHERE job_id = $1", job.job_id
+            )
+            left_at_call.append((lease - pipeline.clock.now()).total_seconds())
+
+    async with pipeline.worker(name="w", checkpoints=at_call) as worker:
+        assert (await worker.run_once()).action is StepAction.ADVANCED  # validated
+        await limits.acquire(PARSER)  # the window is now full for 0.8 s
+        assert (await worker.run_once()).action is StepAction.ADVANCED  # submitted
+    assert left_at_call
+    assert left_at_call[0] > 0.6, left_at_call

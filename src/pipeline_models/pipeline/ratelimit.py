@@ -11,7 +11,7 @@ counts and rejects. A sliding log of recent calls keeps every window at or under
 
 >>> import asyncio
 >>> limits = RateLimits({"embeddings": ServiceRate(requests=2, window_seconds=60)})
->>> asyncio.run(limits.acquire("embeddings")); limits.used("embeddings")
+>>> waited = asyncio.run(limits.acquire("embeddings")); limits.used("embeddings")
 (1, 0)
 """
 
@@ -82,17 +82,19 @@ class _Window:
                     break
         return max(waits)
 
-    async def acquire(self, tokens: int) -> None:
+    async def acquire(self, tokens: int) -> float:
         if self.rate.tokens is not None and tokens > self.rate.tokens:
             raise ValueError(
                 f"one call of {tokens} tokens can never fit a limit of {self.rate.tokens} "
                 f"tokens per {self.rate.window_seconds:g} s: make the batches smaller"
             )
+        started = self.monotonic()
         async with self.lock:
             # A wait that ends is the only event here: time passing frees the window.
             while (wait := self._wait_seconds(self.monotonic(), tokens)) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(wait + 1e-3)
-            self.log.append((self.monotonic(), tokens))
+            self.log.append((now := self.monotonic(), tokens))
+        return now - started
 
 
 class RateLimits:
@@ -113,11 +115,13 @@ class RateLimits:
         window = self._windows.get(service)
         return None if window is None else window.rate
 
-    async def acquire(self, service: str, *, tokens: int = 0) -> None:
-        """Wait until a call of ``tokens`` to ``service`` fits its limits, and count it."""
+    async def acquire(self, service: str, *, tokens: int = 0) -> float:
+        """Wait until a call of ``tokens`` to ``service`` fits its limits, and count it;
+        the seconds waited (0.0 for a service without limits)."""
         window = self._windows.get(service)
-        if window is not None:
-            await window.acquire(tokens)
+        if window is None:
+            return 0.0
+        return await window.acquire(tokens)
 
     def pause(self, service: str, seconds: float) -> None:
         """The server said Retry-After: no slot calls ``service`` for ``seconds``."""

@@ -201,9 +201,13 @@ class Step:
         reserved = await self._reserve(service, estimate)
         try:
             breaker.before_call()
-            await self.worker.rate_limits.acquire(
+            waited = await self.worker.rate_limits.acquire(
                 service, tokens=estimate.tokens if estimate is not None else 0
             )
+            if waited > 0.1 and self.config.renew_leases:
+                # A wait for the rate limit may have used up much of the lease: renew it
+                # now, or the call's result could not be committed.
+                await self.renew_lease()
             result = await self._call(service, breaker, operation)
         except ServiceError as error:
             self._count_call(service, "transient" if error.transient else "permanent")
