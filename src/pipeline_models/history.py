@@ -76,6 +76,8 @@ class JobChange:
     old_embeddings_done: int | None = None
     new_embeddings_done: int | None = None
     new_last_error: str | None = None
+    old_held_for: str | None = None
+    new_held_for: str | None = None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> JobChange:
@@ -110,6 +112,7 @@ class JobChange:
             self.old != self.new
             or self.old_owner != self.new_owner
             or self.old_lease_expires_at != self.new_lease_expires_at
+            or self.old_held_for != self.new_held_for
         )
 
     @property
@@ -122,7 +125,8 @@ class JobChange:
         """
         if self.operation == "DELETE" or self.new is None:
             return None
-        candidates = {t.kind for t in transitions_between(self.old, self.new)}
+        held = (self.old_held_for, self.new_held_for)
+        candidates = {t.kind for t in transitions_between(self.old, self.new) if t.held == held}
         if not candidates:
             return None
         if len(candidates) == 1:

@@ -42,6 +42,7 @@ from pipeline_models.lifecycle import (
 )
 from pipeline_models.model import ExpectedChunk, ExpectedOutcome, discrepancies
 from pipeline_models.pipeline.config import WorkerConfig
+from pipeline_models.pipeline.costs import Usage
 from pipeline_models.snapshot import ChunkRow, DocumentRow, JobRow, Snapshot, VectorRow
 
 _WORKING = State.WORKING.value
@@ -223,11 +224,12 @@ def _retry_count_plus_one(change: JobChange) -> bool:
 
 
 def _moves(change: JobChange) -> bool:
-    """The row changed stage, state or owner (what ``JobChange.moved`` says, by name)."""
-    return (change.old_stage, change.old_state, change.old_owner) != (
+    """The row changed stage, state, owner or hold (what ``JobChange.moved`` says, by name)."""
+    return (change.old_stage, change.old_state, change.old_owner, change.old_held_for) != (
         change.new_stage,
         change.new_state,
         change.new_owner,
+        change.new_held_for,
     )
 
 
@@ -415,6 +417,21 @@ def transitions(observation: Observation, expectations: Expectations) -> list[Vi
                     "retry_count 0",
                     f"retry_count {change.new_retry_count}",
                 )
+        elif kind is TransitionKind.HOLD:
+            if change.actor != change.old_owner or change.new_retry_count != change.old_retry_count:
+                fail(
+                    change,
+                    "a budget hold must be made by the job's owner and count no attempt",
+                    f"by {change.old_owner!r}, retry_count {change.old_retry_count}",
+                    f"by {change.actor!r}, retry_count {change.new_retry_count}",
+                )
+        elif kind is TransitionKind.RELEASE and change.actor in workers:
+            fail(
+                change,
+                "a worker released a budget hold, which only an operator may",
+                "an actor outside the workers (the budget command or the API)",
+                f"worker {change.actor!r}",
+            )
     return found
 
 
@@ -915,8 +932,27 @@ def cost(observation: Observation, expectations: Expectations) -> list[Violation
     claimed. (A worker may write its counters and its requeue in separate statements of
     one transaction, so the requeue's own audit row does not show the progress.) A
     document with no planned chunks is never sent.
+
+    And a job's recorded cost is what its recorded usage costs at the configured prices,
+    by the one function the spending budget reserves and settles with
+    (:meth:`PriceTable.price`): the budget and this check agree on what a call costs.
     """
     found: list[Violation] = []
+    config = expectations.config
+    for job in observation.snapshot.jobs.values():
+        usage = Usage(pages=job.pages_billed, tokens=job.tokens_billed)
+        priced = config.prices.price(usage, embed_model=config.embed_model)
+        if job.cost_usd != priced:
+            found.append(
+                Violation(
+                    "cost",
+                    "a job's recorded cost is not what its recorded usage costs",
+                    job_id=job.job_id,
+                    document_id=job.document_id,
+                    expected=f"{priced} USD for {usage.pages} pages and {usage.tokens} tokens",
+                    observed=f"{job.cost_usd} USD",
+                )
+            )
     inputs = observation.embedding_inputs
     if not inputs:
         return found

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ from pipeline_models.invariants import (
     liveness,
 )
 from pipeline_models.lifecycle import (
+    BUDGET_HOLD,
     CLAIMABLE_STATES,
     Position,
     Stage,
@@ -604,6 +606,86 @@ def test_transitions_fires_on_every_move_the_lifecycle_does_not_allow(
     assert_fired(check(observation, expectations, names=["transitions"]), "transitions", job=job_id)
 
 
+# -- budget holds ---------------------------------------------------------------------
+
+
+def held_change(
+    actor: str,
+    old: tuple[Stage, State, str | None],
+    new: tuple[Stage, State, str | None],
+    *,
+    retry_counts: tuple[int, int] = (0, 0),
+) -> list[Violation]:
+    """The transitions invariant on one crafted change: (stage, state, held_for) before
+    and after, the owner W1 while working."""
+    job_id = uuid.UUID(int=97)
+    change = JobChange(
+        audit_id=1,
+        operation="UPDATE",
+        actor=actor,
+        job_id=job_id,
+        document_id=uuid.UUID(int=96),
+        at=START,
+        old_stage=old[0].value,
+        new_stage=new[0].value,
+        old_state=old[1].value,
+        new_state=new[1].value,
+        old_owner=W1 if old[1] is State.WORKING else None,
+        new_owner=W1 if new[1] is State.WORKING else None,
+        old_lease_expires_at=START + LEASE if old[1] is State.WORKING else None,
+        new_lease_expires_at=START + LEASE if new[1] is State.WORKING else None,
+        old_next_attempt_at=START,
+        new_next_attempt_at=START,
+        old_retry_count=retry_counts[0],
+        new_retry_count=retry_counts[1],
+        old_held_for=old[2],
+        new_held_for=new[2],
+    )
+    observation = Observation(Snapshot(), (change,), (change,), frozenset(), {})
+    expectations = Expectations({}, frozenset({W1}), CONFIG)
+    return check(observation, expectations, names=["transitions"])
+
+
+def test_transitions_accepts_a_budget_hold_by_the_owner_and_its_release_by_an_operator() -> None:
+    working = (Stage.EMBEDDING, State.WORKING, None)
+    held = (Stage.EMBEDDING, State.QUEUED, BUDGET_HOLD)
+    released = (Stage.EMBEDDING, State.QUEUED, None)
+    assert held_change(W1, working, held) == []
+    assert held_change(API, held, released) == []
+
+
+def test_transitions_fires_when_a_held_job_is_claimed() -> None:
+    held = (Stage.JOB_VALIDATED, State.QUEUED, BUDGET_HOLD)
+    claimed = (Stage.JOB_VALIDATED, State.WORKING, BUDGET_HOLD)
+    assert_fired(held_change(W1, held, claimed), "transitions", says="no allowed transition")
+
+
+def test_transitions_fires_when_a_job_is_held_without_going_through_its_owner() -> None:
+    # A queued job marked held in place: no worker stepped it, so no hold explains it.
+    queued = (Stage.EMBEDDING, State.QUEUED, None)
+    held = (Stage.EMBEDDING, State.QUEUED, BUDGET_HOLD)
+    assert_fired(held_change(API, queued, held), "transitions", says="no allowed transition")
+
+
+def test_transitions_fires_when_a_worker_releases_a_budget_hold() -> None:
+    held = (Stage.EMBEDDING, State.QUEUED, BUDGET_HOLD)
+    released = (Stage.EMBEDDING, State.QUEUED, None)
+    assert_fired(held_change(W1, held, released), "transitions", says="only an operator may")
+
+
+def test_transitions_fires_when_a_budget_hold_counts_an_attempt() -> None:
+    working = (Stage.EMBEDDING, State.WORKING, None)
+    held = (Stage.EMBEDDING, State.QUEUED, BUDGET_HOLD)
+    found = held_change(W1, working, held, retry_counts=(1, 2))
+    assert_fired(found, "transitions", says="count no attempt")
+
+
+def test_transitions_fires_when_a_job_is_held_at_a_stage_that_bills_nothing() -> None:
+    working = (Stage.CHUNKING, State.WORKING, None)
+    held = (Stage.CHUNKING, State.QUEUED, BUDGET_HOLD)
+    assert_fired(held_change(W1, working, held), "transitions", says="no allowed transition")
+
+
 # -- claims_skip_locks ---------------------------------------------------------------
 
 
@@ -1040,6 +1122,17 @@ def test_cost_does_not_count_a_batch_requeue_whose_progress_was_written_first(
     assert all(c.old_embeddings_done == c.new_embeddings_done for c in requeues)
     world.inputs[ALPHA_ID] = len(world.outcomes[ALPHA_ID].chunks) + 1
     assert_fired(world.check("cost"), "cost", document=ALPHA_ID, says="x 0 interruptions")
+
+
+def test_cost_fires_when_a_job_records_a_cost_its_usage_does_not_explain(world: World) -> None:
+    alpha, *_ = ids(world)
+    # 2 pages and 1,000 tokens cost 2 x $0.003 + 1,000 x $0.02/1M = $0.00602 at list prices.
+    world.jobs[alpha] = replace(
+        world.jobs[alpha], pages_billed=2, tokens_billed=1000, cost_usd=Decimal("0.00602")
+    )
+    assert world.check("cost") == []
+    world.jobs[alpha] = replace(world.jobs[alpha], cost_usd=Decimal("0.006"))  # tokens unpriced
+    assert_fired(world.check("cost"), "cost", job=alpha, says="recorded usage costs")
 
 
 def test_cost_fires_when_a_document_with_no_planned_chunks_is_embedded(world: World) -> None:

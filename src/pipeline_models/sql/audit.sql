@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS checker_job_audit (
     old_retry_count int, new_retry_count int,
     old_chunks_done int, new_chunks_done int,
     old_embeddings_done int, new_embeddings_done int,
-    new_last_error text
+    new_last_error text,
+    old_held_for text, new_held_for text
 );
 
 CREATE OR REPLACE FUNCTION checker_audit_job() RETURNS trigger
@@ -33,31 +34,35 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO checker_job_audit (operation, actor, job_id, document_id, at,
             new_stage, new_state, new_owner, new_lease_expires_at, new_next_attempt_at,
-            new_retry_count, new_chunks_done, new_embeddings_done, new_last_error)
+            new_retry_count, new_chunks_done, new_embeddings_done, new_last_error,
+            new_held_for)
         VALUES (TG_OP, current_setting('application_name'), NEW.job_id, NEW.document_id,
             NEW.updated_at, NEW.stage, NEW.state, NEW.owner, NEW.lease_expires_at,
             NEW.next_attempt_at, NEW.retry_count, NEW.chunks_done, NEW.embeddings_done,
-            NEW.last_error);
+            NEW.last_error, NEW.held_for);
         RETURN NEW;
     ELSIF TG_OP = 'UPDATE' THEN
         INSERT INTO checker_job_audit (operation, actor, job_id, document_id, at,
             old_stage, new_stage, old_state, new_state, old_owner, new_owner,
             old_lease_expires_at, new_lease_expires_at, old_next_attempt_at,
             new_next_attempt_at, old_retry_count, new_retry_count, old_chunks_done,
-            new_chunks_done, old_embeddings_done, new_embeddings_done, new_last_error)
+            new_chunks_done, old_embeddings_done, new_embeddings_done, new_last_error,
+            old_held_for, new_held_for)
         VALUES (TG_OP, current_setting('application_name'), NEW.job_id, NEW.document_id,
             NEW.updated_at, OLD.stage, NEW.stage, OLD.state, NEW.state, OLD.owner, NEW.owner,
             OLD.lease_expires_at, NEW.lease_expires_at, OLD.next_attempt_at,
             NEW.next_attempt_at, OLD.retry_count, NEW.retry_count, OLD.chunks_done,
-            NEW.chunks_done, OLD.embeddings_done, NEW.embeddings_done, NEW.last_error);
+            NEW.chunks_done, OLD.embeddings_done, NEW.embeddings_done, NEW.last_error,
+            OLD.held_for, NEW.held_for);
         RETURN NEW;
     ELSE
         INSERT INTO checker_job_audit (operation, actor, job_id, document_id, at,
             old_stage, old_state, old_owner, old_lease_expires_at, old_next_attempt_at,
-            old_retry_count, old_chunks_done, old_embeddings_done)
+            old_retry_count, old_chunks_done, old_embeddings_done, old_held_for)
         VALUES (TG_OP, current_setting('application_name'), OLD.job_id, OLD.document_id,
             OLD.updated_at, OLD.stage, OLD.state, OLD.owner, OLD.lease_expires_at,
-            OLD.next_attempt_at, OLD.retry_count, OLD.chunks_done, OLD.embeddings_done);
+            OLD.next_attempt_at, OLD.retry_count, OLD.chunks_done, OLD.embeddings_done,
+            OLD.held_for);
         RETURN OLD;
     END IF;
 END;
