@@ -27,6 +27,11 @@ CREATE TABLE IF NOT EXISTS checker_job_audit (
     new_last_error text,
     old_held_for text, new_held_for text
 );
+-- The writing transaction: audit ids are drawn when a row is written, not when its
+-- transaction commits, so a long transaction's rows can become visible after rows with
+-- higher ids. Readers page by transaction instead (see audit_since).
+ALTER TABLE checker_job_audit
+    ADD COLUMN IF NOT EXISTS xid xid8 NOT NULL DEFAULT pg_current_xact_id();
 
 CREATE OR REPLACE FUNCTION checker_audit_job() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -75,6 +80,11 @@ CREATE TRIGGER checker_audit_job
 
 
 -- name: audit_since
--- The audit rows after $1, in order.
--- $1 after_audit_id bigint
-SELECT * FROM checker_job_audit WHERE audit_id > $1 ORDER BY audit_id;
+-- The audit rows of transactions from $1 on, in id order, and the oldest transaction
+-- still running now (the next call's $1). Every transaction older than that had ended
+-- when these rows were read, so no row is missed whatever the commit order; the caller
+-- drops the rows it has already seen.
+-- $1 from_xid text (an xid8)
+SELECT ARRAY(SELECT a FROM checker_job_audit AS a WHERE a.xid >= $1::text::xid8
+             ORDER BY a.audit_id) AS audit,
+       pg_snapshot_xmin(pg_current_snapshot())::text AS next_xid;
