@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,47 @@ async def make_pipeline(
 def pipeline(make_pipeline: PipelineFactory) -> ReferencePipeline:
     """The reference pipeline on healthy in-process fakes, with a manual clock."""
     return make_pipeline()
+
+
+# -- live tests ------------------------------------------------------------------------
+
+_LIVE_NEEDS = (
+    ("PIPELINE_PARSER_KEY", "the parser's API key"),
+    ("PIPELINE_EMBEDDINGS_KEY", "the embeddings API key"),
+    ("PIPELINE_PARSER_URL", "the real parser's URL"),
+    ("PIPELINE_EMBEDDINGS_URL", "the real embeddings URL"),
+    ("PIPELINE_MAX_COST", "a spending cap in USD"),
+)
+_FAKE_HOSTS = ("127.0.0.1", "localhost", "[::1]", ".fake")
+
+
+def live_services_missing(environ: Mapping[str, str] | None = None) -> str | None:
+    """Why live tests cannot run here (None: they can): keys, real URLs and a cap."""
+    env = os.environ if environ is None else environ
+    missing = [what for variable, what in _LIVE_NEEDS if not env.get(variable)]
+    if missing:
+        return "live tests need " + ", ".join(missing) + " (PIPELINE_* variables)"
+    for variable in ("PIPELINE_PARSER_URL", "PIPELINE_EMBEDDINGS_URL"):
+        if any(host in env[variable] for host in _FAKE_HOSTS):
+            return f"live tests need real services, but {variable} points at a fake"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = live_services_missing()
+    if reason is None:
+        return
+    live = [item for item in items if item.get_closest_marker("live")]
+    if live:
+        items[:] = [item for item in items if not item.get_closest_marker("live")]
+        config.hook.pytest_deselected(items=live)
+        config.stash[_LIVE_DESELECTED] = (len(live), reason)
+
+
+_LIVE_DESELECTED = pytest.StashKey[tuple[int, str]]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if (deselected := config.stash.get(_LIVE_DESELECTED, None)) is not None:
+        count, reason = deselected
+        terminalreporter.write_line(f"{count} live test(s) deselected: {reason}")

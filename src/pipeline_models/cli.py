@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import sys
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from pipeline_models import __version__
 from pipeline_models.errors import PipelineModelsError
 from pipeline_models.logs import configure_logging
+from pipeline_models.pipeline.budget import BudgetState
+
+if TYPE_CHECKING:  # the CLI stays cheap to import: asyncpg only when a command needs it
+    from pipeline_models.pipeline.budget import BudgetState
 
 _DATABASE_URL = click.option(
     "--database-url",
@@ -17,6 +23,41 @@ _DATABASE_URL = click.option(
     default=None,
     show_envvar=True,
     help="Postgres to use; without it an embedded throwaway server is started and stopped.",
+)
+
+
+_CONFIG = click.option(
+    "--config",
+    "config_file",
+    envvar="PIPELINE_CONFIG",
+    default=None,
+    show_envvar=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A TOML config file: services, keys, rate limits, prices, budget (see the README).",
+)
+
+
+class _Money(click.ParamType):  # type: ignore[type-arg]  # generic only in click stubs
+    name = "usd"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Decimal:
+        try:
+            amount = Decimal(str(value))
+        except InvalidOperation:
+            self.fail(f"{value!r} is not an amount in USD, such as 2.50", param, ctx)
+        if not amount.is_finite() or amount < 0:
+            self.fail(f"{value!r} must be 0 or more", param, ctx)
+        return amount
+
+
+_MAX_COST = click.option(
+    "--max-cost",
+    "max_cost",
+    type=_Money(),
+    default=None,
+    help="Cap the run's spending on external services (USD). Overrides PIPELINE_MAX_COST.",
 )
 
 
@@ -87,7 +128,15 @@ def check(database_url: str | None, profile: str, machine: str, max_examples: in
     default=300,
     show_default=True,
     type=click.IntRange(1),
-    help="Examples the machines may try per mutant before it counts as survived.",
+    help="Examples per round of the search.",
+)
+@click.option(
+    "--rounds",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Rounds per mutant before it counts as survived: the derandomized ci run, then "
+    "one more seed each.",
 )
 @click.option(
     "--shrink-seconds", default=30.0, show_default=True, help="Time allowed to shrink a kill."
@@ -112,6 +161,7 @@ def mutants(
     sides: str,
     jobs: int,
     max_examples: int,
+    rounds: int,
     shrink_seconds: float,
     reference_runs: int,
     catalog: bool,
@@ -148,6 +198,7 @@ def mutants(
                 database.url,
                 sides=chosen_sides,
                 max_examples=max_examples,
+                rounds=rounds,
                 shrink_seconds=shrink_seconds,
             )
             if not as_json:
@@ -452,21 +503,31 @@ def serve_fakes(
 
 @main.command()
 @_DATABASE_URL
+@_CONFIG
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-def serve(database_url: str | None, host: str, port: int) -> None:
+def serve(database_url: str | None, config_file: str | None, host: str, port: int) -> None:
     """Serve the upload API (settings from PIPELINE_* variables; see the README)."""
     from pipeline_models.pipeline.processes import run_api
     from pipeline_models.settings import Settings
 
     try:
-        run_api(Settings.from_env(database_url=database_url), host=host, port=port)
+        settings = Settings.from_env(config_file=config_file, database_url=database_url)
+        run_api(settings, host=host, port=port)
     except PipelineModelsError as error:
         raise click.ClickException(str(error)) from None
 
 
 @main.command()
 @_DATABASE_URL
+@_CONFIG
+@_MAX_COST
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (0: any free port, announced on stdout).",
+)
 @click.option("--slots", default=1, show_default=True, type=click.IntRange(1), help="Jobs at once.")
 @click.option("--name", default="worker", show_default=True, help="Prefix of the slots' names.")
 @click.option(
@@ -475,20 +536,81 @@ def serve(database_url: str | None, host: str, port: int) -> None:
     show_default=True,
     help="After SIGTERM, how long running steps may take before their leases are released.",
 )
-def worker(database_url: str | None, slots: int, name: str, grace_seconds: float) -> None:
-    """Run a worker with N job slots until SIGTERM, then finish or release and exit 0."""
+def worker(
+    database_url: str | None,
+    config_file: str | None,
+    max_cost: Decimal | None,
+    metrics_port: int | None,
+    slots: int,
+    name: str,
+    grace_seconds: float,
+) -> None:
+    """Run a worker with N job slots until SIGTERM, then finish or release and exit 0.
+
+    With a max cost, jobs the budget cannot cover wait in a 'budget' hold until
+    'pipeline-models budget --max-cost' raises it.
+    """
     from pipeline_models.pipeline.processes import run_worker
     from pipeline_models.settings import Settings
 
     try:
         run_worker(
-            Settings.from_env(database_url=database_url),
+            Settings.from_env(
+                config_file=config_file, database_url=database_url, max_cost_usd=max_cost
+            ),
             slots=slots,
             name=name,
             grace_seconds=grace_seconds,
+            metrics_port=metrics_port,
         )
     except PipelineModelsError as error:
         raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@_DATABASE_URL
+@_CONFIG
+@_MAX_COST
+def budget(database_url: str | None, config_file: str | None, max_cost: Decimal | None) -> None:
+    """Show the spending budget; with --max-cost, set it and release the held jobs."""
+    import asyncio
+
+    from pipeline_models.clock import SystemClock
+    from pipeline_models.database import Database
+    from pipeline_models.pipeline.budget import Budget
+    from pipeline_models.settings import Settings
+
+    settings = Settings.from_env(config_file=config_file, database_url=database_url)
+    if not settings.database_url:
+        raise click.ClickException("set DATABASE_URL (or --database-url): the workers' database")
+
+    async def run() -> str:
+        database = Database.from_environment(settings.database_url, schema=settings.schema)
+        try:
+            await database.ensure_schema()
+            connection = await database.connect(application_name="pipeline-models budget")
+            try:
+                if max_cost is None:
+                    state = await Budget().state(connection)
+                    return "no budget: runs are not capped" if state is None else _money(state)
+                state, released = await Budget().set_limit(
+                    connection, max_cost, SystemClock().now()
+                )
+                return f"{_money(state)}\nreleased {released} held jobs"
+            finally:
+                await connection.close()
+        finally:
+            database.close()
+
+    try:
+        click.echo(asyncio.run(run()))
+    except PipelineModelsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _money(state: BudgetState) -> str:
+    values = state.as_dict()
+    return ", ".join(f"{name.removesuffix('_usd')} ${value}" for name, value in values.items())
 
 
 __all__ = ["main"]

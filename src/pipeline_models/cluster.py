@@ -77,6 +77,8 @@ class LocalCluster:
         workers: int = 2,
         slots: int = 2,
         python: str = sys.executable,
+        log_level: str | None = None,
+        worker_metrics: bool = False,
     ) -> None:
         if not settings.database_url:
             raise ClusterError("a cluster needs a shared database: set settings.database_url")
@@ -89,6 +91,10 @@ class LocalCluster:
         self.api: ClusterProcess | None = None
         self.workers: list[ClusterProcess] = []
         self.api_url = ""
+        self.log_level = log_level
+        # With worker_metrics, each worker serves Prometheus metrics on a free port.
+        self.worker_metrics = worker_metrics
+        self.metrics_urls: list[str] = []
 
     def _spawn(self, name: str, arguments: list[str], settings: Settings) -> ClusterProcess:
         log = self.logs / f"{name}.log"
@@ -97,7 +103,13 @@ class LocalCluster:
         environment.update(settings.to_env())
         with log.open("w") as stderr:
             process = subprocess.Popen(
-                [self.python, "-m", "pipeline_models.cli", *arguments],
+                [
+                    self.python,
+                    "-m",
+                    "pipeline_models.cli",
+                    *(("--log-level", self.log_level) if self.log_level else ()),
+                    *arguments,
+                ],
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 text=True,
@@ -151,12 +163,18 @@ class LocalCluster:
         self.settings = settings.with_(webhook_url=f"{self.api_url}/webhooks/parser")
         for index in range(self.worker_count):
             name = f"worker{index + 1}"
+            metrics = ["--metrics-port", "0"] if self.worker_metrics else []
             member = self._spawn(
-                name, ["worker", "--slots", str(self.slots), "--name", name], self.settings
+                name,
+                ["worker", "--slots", str(self.slots), "--name", name, *metrics],
+                self.settings,
             )
             self.workers.append(member)
         for member in self.workers:
-            self._await_ready(member, 1)
+            lines = self._await_ready(member, 2 if self.worker_metrics else 1)
+            self.metrics_urls.extend(
+                line.split()[-1] for line in lines if line.startswith("metrics")
+            )
         return self
 
     def kill_worker(self, index: int, sig: signal.Signals = signal.SIGKILL) -> None:

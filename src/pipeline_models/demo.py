@@ -9,11 +9,13 @@ predicted chunks and vectors, or dead-lettered with ``last_error`` for corrupt i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -23,6 +25,7 @@ from pipeline_models.cluster import LocalCluster
 from pipeline_models.database import Database
 from pipeline_models.documents import Document, large_markdown_document, sample_documents
 from pipeline_models.lifecycle import STAGES, State
+from pipeline_models.metrics import PipelineMetrics, refresh_forever, run_usage
 from pipeline_models.model import discrepancies, expected_outcome, expected_outcomes
 from pipeline_models.pipeline.auth import TokenIssuer
 from pipeline_models.pipeline.config import WorkerConfig
@@ -49,6 +52,10 @@ class DemoReport:
     deadlettered: int = 0
     refused: int = 0
     final_chunks: int = 0
+    pages_billed: int = 0
+    tokens_billed: int = 0
+    cost_usd: Decimal = Decimal(0)
+    prices_as_of: str = ""
 
     @property
     def ok(self) -> bool:
@@ -69,6 +76,9 @@ class DemoReport:
             format_table(["stage", "steps", "seconds", "slowest"], self.stage_rows),
             "",
             format_table(["final (stage/state)", "jobs"], positions),
+            "",
+            f"cost: {self.pages_billed} pages, {self.tokens_billed} tokens = "
+            f"${self.cost_usd:.6f} at list prices as of {self.prices_as_of}",
             "",
         ]
         if self.ok:
@@ -98,11 +108,13 @@ async def run_demo(
     config: WorkerConfig | None = None,
     timeout: float = 300.0,
     large_bytes: int = 512 * 1024,
+    metrics: PipelineMetrics | None = None,
 ) -> DemoReport:
     """Upload ``documents`` sample files, process them with ``workers``, verify the ending.
 
     The corpus is ``documents - 1`` small mixed files (a few of them unusable on purpose)
-    and one markdown document of ``large_bytes``.
+    and one markdown document of ``large_bytes``. With ``metrics``, the workers count
+    into it and its Postgres gauges are refreshed while they run.
     """
     config = config or WorkerConfig(parser_poll_seconds=0.05, idle_seconds=0.02)
     report = DemoReport(documents, workers, database.display_url)
@@ -112,7 +124,7 @@ async def run_demo(
         await database.reset(connection)
         with tempfile.TemporaryDirectory(prefix="pipeline-models-blobs-") as blobs:
             async with ReferencePipeline.with_fakes(
-                database, storage_root=blobs, config=config
+                database, storage_root=blobs, config=config, metrics=metrics
             ) as pipeline:
                 # One large document among the small ones, so batches repeat visibly.
                 corpus: list[Document] = [
@@ -129,7 +141,25 @@ async def run_demo(
                     accepted.append((upload.document_id, document))
                 report.upload_seconds = time.perf_counter() - started
                 started = time.perf_counter()
-                await pipeline.run_workers(workers, timeout=timeout)
+                refresher = None
+                if metrics is not None:
+                    refresher = asyncio.create_task(
+                        refresh_forever(
+                            metrics,
+                            lambda: database.connect(application_name="pipeline-models metrics"),
+                            breakers=pipeline.breakers,
+                            interval=0.05,
+                        ),
+                        name="demo-metrics",
+                    )
+                try:
+                    await pipeline.run_workers(workers, timeout=timeout)
+                finally:
+                    if metrics is not None and refresher is not None:
+                        refresher.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await refresher
+                        await metrics.refresh(connection, breakers=pipeline.breakers)
                 report.process_seconds = time.perf_counter() - started
         await _verify(report, connection, accepted, config)
     finally:
@@ -156,6 +186,10 @@ async def _verify(
     report.done = sum(1 for j in snapshot.jobs.values() if j.state is State.DONE)
     report.deadlettered = sum(1 for j in snapshot.jobs.values() if j.state is State.DEADLETTER)
     report.final_chunks = len(snapshot.final_chunks)
+    usage = await run_usage(connection)
+    report.pages_billed, report.tokens_billed = usage["pages"], usage["tokens"]
+    report.cost_usd = usage["cost_usd"]
+    report.prices_as_of = config.prices.as_of.isoformat()
 
 
 async def run_demo_processes(

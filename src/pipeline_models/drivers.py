@@ -22,6 +22,7 @@ import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -40,9 +41,11 @@ from pipeline_models.lifecycle import Stage, State
 from pipeline_models.model import ExpectedOutcome, expected_outcome
 from pipeline_models.pipeline.api import ApiRuntime, ApiSettings, create_api
 from pipeline_models.pipeline.auth import TokenIssuer
+from pipeline_models.pipeline.checkpoints import Checkpoint
 from pipeline_models.pipeline.chunking import Chunker
 from pipeline_models.pipeline.config import WorkerConfig
 from pipeline_models.pipeline.reference import ReferencePipeline
+from pipeline_models.pipeline.retry import RetryPolicy
 from pipeline_models.pipeline.webhooks import sign
 from pipeline_models.pipeline.worker import StageHandler
 from pipeline_models.queries import QUERIES, Queries
@@ -59,6 +62,9 @@ CHECK_CONFIG = WorkerConfig(
     chunker=Chunker(min_chars=40, max_chars=120),
     lease_seconds=30.0,
     parser_poll_seconds=2.0,
+    # Two retries: a job reaches its limit (and the dead-letter, and the operator retry)
+    # within a short program.
+    retry=RetryPolicy(limit=2),
 )
 API_ACTOR = "pipeline-models api"
 _TOKEN_SECRET = "pipeline-models-checker-token-secret-0123456789"
@@ -214,12 +220,17 @@ class ReferenceDriver:
         queries: Queries = QUERIES,
         stages: Mapping[Stage, StageHandler] | None = None,
         whole_steps: bool = False,
+        seconds_per_step: float = 1.0,
     ) -> None:
         """``queries`` and ``stages`` replace the reference worker's (a mutant's bug).
         ``whole_steps``: every ``step`` runs a worker through its whole step, checkpoints
-        off (the coarse baseline: interleavings only between whole steps)."""
+        off (the coarse baseline: interleavings only between whole steps).
+        ``seconds_per_step``: the clock moves this much after every step of a worker, as
+        work takes time: a lease taken at a claim runs down while the job is worked on,
+        and backoffs pass while other jobs move."""
         self.database = database
         self.whole_steps = whole_steps
+        self.seconds_per_step = seconds_per_step
         self.queries = queries
         self.stages = stages
         if AUDIT_TABLE not in database.extra_tables:
@@ -243,6 +254,8 @@ class ReferenceDriver:
         self._lock_holder: asyncpg.Connection | None = None
         self._held_job: uuid.UUID | None = None
         self._waiting_claims: dict[str, uuid.UUID | None] = {}
+        self._calls_started: dict[str, tuple[uuid.UUID, datetime]] = {}
+        self._texts_seen: dict[str, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -330,14 +343,22 @@ class ReferenceDriver:
     async def step(self, name: str) -> StepReport:
         if self.whole_steps:
             return await self.step_whole(name)
-        return self._note_waiting_claim(await self._scheduler.step(name))
+        report = self._note_waiting_claim(await self._scheduler.step(name))
+        if report.checkpoint is Checkpoint.BEFORE_CALL and report.job_id is not None:
+            self._calls_started[name] = (report.job_id, self.clock.now())
+        self.clock.advance(self.seconds_per_step)
+        return report
 
     async def step_whole(self, name: str) -> StepReport:
         """Run ``name`` through one whole step (claim to commit), blocked or not."""
-        return self._note_waiting_claim(await self._scheduler.step_whole(name))
+        report = self._note_waiting_claim(await self._scheduler.step_whole(name))
+        self.clock.advance(self.seconds_per_step)
+        return report
 
     async def step_together(self, names: Sequence[str]) -> list[StepReport]:
-        return [self._note_waiting_claim(r) for r in await self._scheduler.step_together(names)]
+        reports = await self._scheduler.step_together(names)
+        self.clock.advance(self.seconds_per_step)
+        return [self._note_waiting_claim(report) for report in reports]
 
     def _note_waiting_claim(self, report: StepReport) -> StepReport:
         if report.outcome is Outcome.BLOCKED and report.in_claim:
@@ -540,7 +561,24 @@ class ReferenceDriver:
             blobs=self._blob_keys(),
             embedding_inputs=inputs,
             waiting_claims=self._take_waiting_claims(),
+            calls_started=self._take_calls_started(),
+            embedded_texts=self._take_embedded_texts(),
         )
+
+    def _take_embedded_texts(self) -> dict[uuid.UUID, list[str]]:
+        fakes = self._pipeline.fakes
+        assert fakes is not None
+        new: dict[uuid.UUID, list[str]] = {}
+        for user, texts in fakes.embeddings.texts_by_user.items():
+            seen = self._texts_seen.get(user, 0)
+            if len(texts) > seen:
+                new[uuid.UUID(user)] = texts[seen:]
+                self._texts_seen[user] = len(texts)
+        return new
+
+    def _take_calls_started(self) -> dict[str, tuple[uuid.UUID, datetime]]:
+        started, self._calls_started = self._calls_started, {}
+        return started
 
     def _take_waiting_claims(self) -> dict[str, uuid.UUID | None]:
         waiting, self._waiting_claims = self._waiting_claims, {}

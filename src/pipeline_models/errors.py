@@ -76,7 +76,12 @@ class StorageError(PipelineModelsError):
     """A blob is missing or the storage backend refused an operation."""
 
 
+class BudgetExhaustedError(PipelineModelsError):
+    """The spending budget cannot cover the next billed call: the job is held, not failed."""
+
+
 __all__ = [
+    "BudgetExhaustedError",
     "CircuitOpenError",
     "DatabaseConfigurationError",
     "DatabaseUnavailableError",

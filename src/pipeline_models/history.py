@@ -76,6 +76,8 @@ class JobChange:
     old_embeddings_done: int | None = None
     new_embeddings_done: int | None = None
     new_last_error: str | None = None
+    old_held_for: str | None = None
+    new_held_for: str | None = None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> JobChange:
@@ -110,6 +112,7 @@ class JobChange:
             self.old != self.new
             or self.old_owner != self.new_owner
             or self.old_lease_expires_at != self.new_lease_expires_at
+            or self.old_held_for != self.new_held_for
         )
 
     @property
@@ -122,7 +125,8 @@ class JobChange:
         """
         if self.operation == "DELETE" or self.new is None:
             return None
-        candidates = {t.kind for t in transitions_between(self.old, self.new)}
+        held = (self.old_held_for, self.new_held_for)
+        candidates = {t.kind for t in transitions_between(self.old, self.new) if t.held == held}
         if not candidates:
             return None
         if len(candidates) == 1:
@@ -158,30 +162,41 @@ class JobChange:
 
 
 class History:
-    """The audit trail read so far, growing with :meth:`refresh`."""
+    """The audit trail read so far, growing with :meth:`refresh`.
+
+    Rows are read by writing transaction, not by audit id: ids are drawn when a row is
+    written, so a worker that holds its transaction open (parked before its commit)
+    commits a row with a lower id than rows others committed meanwhile. Reading "ids
+    after the last one seen" would skip that row for good; the checker then saw a
+    failure's retry but not the failure.
+    """
 
     def __init__(self, changes: Iterable[JobChange] = ()) -> None:
         self.changes: list[JobChange] = list(changes)
-        self.last_id = max((c.audit_id for c in self.changes), default=0)
+        self._seen = {c.audit_id for c in self.changes}
+        self._from_xid = "0"  # every transaction older than this had ended at the last read
 
     async def refresh(self, connection: asyncpg.Connection) -> list[JobChange]:
         """Read the changes committed since the last refresh; returns the new ones."""
-        records = await connection.fetch(AUDIT_QUERIES["audit_since"].sql, self.last_id)
-        new = [JobChange.from_record(r) for r in records]
-        self.changes.extend(new)
-        if new:
-            self.last_id = new[-1].audit_id
-        return new
+        row = await connection.fetchrow(AUDIT_QUERIES["audit_since"].sql, self._from_xid)
+        return self._record(row)
 
     async def observe(self, connection: asyncpg.Connection) -> tuple[Snapshot, list[JobChange]]:
         """The tables and the changes since the last refresh, read in one statement (so
         the changes are exactly those behind the tables); returns both, records the new."""
-        row = await connection.fetchrow(CHECKER_QUERIES["observe_all"].sql, self.last_id)
-        new = [JobChange.from_record(r) for r in row["audit"]]
+        row = await connection.fetchrow(CHECKER_QUERIES["observe_all"].sql, self._from_xid)
+        return snapshot_from_row(row), self._record(row)
+
+    def _record(self, row: Mapping[str, Any]) -> list[JobChange]:
+        new = [
+            JobChange.from_record(record)
+            for record in row["audit"]
+            if record["audit_id"] not in self._seen
+        ]
+        self._seen.update(change.audit_id for change in new)
         self.changes.extend(new)
-        if new:
-            self.last_id = new[-1].audit_id
-        return snapshot_from_row(row), new
+        self._from_xid = row["next_xid"]
+        return new
 
     def of_job(self, job_id: uuid.UUID) -> list[JobChange]:
         return [c for c in self.changes if c.job_id == job_id]

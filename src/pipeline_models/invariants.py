@@ -42,6 +42,7 @@ from pipeline_models.lifecycle import (
 )
 from pipeline_models.model import ExpectedChunk, ExpectedOutcome, discrepancies
 from pipeline_models.pipeline.config import WorkerConfig
+from pipeline_models.pipeline.costs import Usage
 from pipeline_models.snapshot import ChunkRow, DocumentRow, JobRow, Snapshot, VectorRow
 
 _WORKING = State.WORKING.value
@@ -94,6 +95,10 @@ class Observation:
     embedding_inputs: Mapping[uuid.UUID, int]
     # Workers whose claim waited on a row lock, with the job whose lock it was (if known).
     waiting_claims: Mapping[str, uuid.UUID | None] = field(default_factory=dict)
+    # Workers that reached the start of an external call, with their job and the time.
+    calls_started: Mapping[str, tuple[uuid.UUID, datetime]] = field(default_factory=dict)
+    # Texts sent to the embeddings service since the last check, by document id.
+    embedded_texts: Mapping[uuid.UUID, Sequence[str]] = field(default_factory=dict)
 
     @functools.cached_property
     def _rows(self) -> _Rows:
@@ -190,6 +195,11 @@ Invariant: TypeAlias = Callable[[Observation, Expectations], list[Violation]]
 # -- helpers -------------------------------------------------------------------------
 
 
+# Leases are stored to the microsecond; a renewal computed from the same clock reading is
+# exact, so this only absorbs rounding.
+_CLOCK_SLACK = timedelta(milliseconds=1)
+
+
 def _time(moment: datetime | None) -> str:
     return moment.isoformat() if moment is not None else "an unknown time"
 
@@ -214,11 +224,12 @@ def _retry_count_plus_one(change: JobChange) -> bool:
 
 
 def _moves(change: JobChange) -> bool:
-    """The row changed stage, state or owner (what ``JobChange.moved`` says, by name)."""
-    return (change.old_stage, change.old_state, change.old_owner) != (
+    """The row changed stage, state, owner or hold (what ``JobChange.moved`` says, by name)."""
+    return (change.old_stage, change.old_state, change.old_owner, change.old_held_for) != (
         change.new_stage,
         change.new_state,
         change.new_owner,
+        change.new_held_for,
     )
 
 
@@ -406,6 +417,21 @@ def transitions(observation: Observation, expectations: Expectations) -> list[Vi
                     "retry_count 0",
                     f"retry_count {change.new_retry_count}",
                 )
+        elif kind is TransitionKind.HOLD:
+            if change.actor != change.old_owner or change.new_retry_count != change.old_retry_count:
+                fail(
+                    change,
+                    "a budget hold must be made by the job's owner and count no attempt",
+                    f"by {change.old_owner!r}, retry_count {change.old_retry_count}",
+                    f"by {change.actor!r}, retry_count {change.new_retry_count}",
+                )
+        elif kind is TransitionKind.RELEASE and change.actor in workers:
+            fail(
+                change,
+                "a worker released a budget hold, which only an operator may",
+                "an actor outside the workers (the budget command or the API)",
+                f"worker {change.actor!r}",
+            )
     return found
 
 
@@ -906,8 +932,27 @@ def cost(observation: Observation, expectations: Expectations) -> list[Violation
     claimed. (A worker may write its counters and its requeue in separate statements of
     one transaction, so the requeue's own audit row does not show the progress.) A
     document with no planned chunks is never sent.
+
+    And a job's recorded cost is what its recorded usage costs at the configured prices,
+    by the one function the spending budget reserves and settles with
+    (:meth:`PriceTable.price`): the budget and this check agree on what a call costs.
     """
     found: list[Violation] = []
+    config = expectations.config
+    for job in observation.snapshot.jobs.values():
+        usage = Usage(pages=job.pages_billed, tokens=job.tokens_billed)
+        priced = config.prices.price(usage, embed_model=config.embed_model)
+        if job.cost_usd != priced:
+            found.append(
+                Violation(
+                    "cost",
+                    "a job's recorded cost is not what its recorded usage costs",
+                    job_id=job.job_id,
+                    document_id=job.document_id,
+                    expected=f"{priced} USD for {usage.pages} pages and {usage.tokens} tokens",
+                    observed=f"{job.cost_usd} USD",
+                )
+            )
     inputs = observation.embedding_inputs
     if not inputs:
         return found
@@ -951,6 +996,49 @@ def cost(observation: Observation, expectations: Expectations) -> list[Violation
                     observed=f"{sent} texts sent",
                 )
             )
+    found.extend(_committed_embeddings_sent_again(observation, expectations))
+    return found
+
+
+def _committed_embeddings_sent_again(
+    observation: Observation, expectations: Expectations
+) -> list[Violation]:
+    """Texts sent since the last check whose vectors the job had already committed.
+
+    A crash may repeat the batch in flight, never one whose progress was recorded: a
+    chunk below the job's embeddings_done (as it stood before this check's changes) is
+    paid for twice if it is sent again.
+    """
+    found: list[Violation] = []
+    if not observation.embedded_texts:
+        return found
+    done_before: dict[uuid.UUID, int] = {}
+    earlier = len(observation.history) - len(observation.changes)
+    for change in observation.history[:earlier]:
+        if change.new_embeddings_done is not None:
+            done_before[change.document_id] = change.new_embeddings_done
+    for document_id, texts in sorted(observation.embedded_texts.items()):
+        done = done_before.get(document_id, 0)
+        # A text may repeat within a document: it counts as committed only if every
+        # chunk carrying it is below the mark.
+        last_ordinal: dict[str, int] = {}
+        for chunk in expectations.planned(document_id):
+            last_ordinal[chunk.text] = max(chunk.ordinal, last_ordinal.get(chunk.text, -1))
+        again = sorted(
+            {last_ordinal[text] for text in texts if last_ordinal.get(text, done) < done}
+        )
+        if again:
+            found.append(
+                Violation(
+                    "cost",
+                    "chunks whose vectors were already committed were sent to the "
+                    "embeddings service again",
+                    job_id=_job_of(observation._rows, document_id),
+                    document_id=document_id,
+                    expected=f"only chunks from ordinal {done} on (embeddings_done {done})",
+                    observed=f"ordinals {again} sent again",
+                )
+            )
     return found
 
 
@@ -976,9 +1064,40 @@ def claims_skip_locks(observation: Observation, expectations: Expectations) -> l
     ]
 
 
+def leases_cover_calls(observation: Observation, expectations: Expectations) -> list[Violation]:
+    """A worker about to call an external service holds a full lease from that moment.
+
+    Why: a call (a parse, a batch of embeddings) can take longer than what is left of
+    the lease taken at the claim. Unless the lease is renewed before the call (and kept
+    renewed during it), it expires under a worker that is still working, a second
+    worker reclaims the job and runs the same stage: the same document parsed and
+    embedded twice, paid twice. Fencing keeps the tables right, so no other invariant
+    sees it; the bill does.
+    """
+    violations = []
+    length = timedelta(seconds=expectations.config.lease_seconds)
+    for worker, (job_id, at) in observation.calls_started.items():
+        job = observation.snapshot.jobs.get(job_id)
+        if job is None or job.owner != worker or job.state is not State.WORKING:
+            continue  # no longer its job: fencing and transitions judge what happened
+        lease = job.lease_expires_at
+        if lease is None or lease < at + length - _CLOCK_SLACK:
+            violations.append(
+                Violation(
+                    "leases_cover_calls",
+                    f"{worker} started an external call without renewing its lease",
+                    job_id=job_id,
+                    expected=f"lease until at least {_time(at + length)}",
+                    observed=f"lease until {_time(lease)}",
+                )
+            )
+    return violations
+
+
 INVARIANTS: dict[str, Invariant] = {
     "transitions": transitions,
     "claims_skip_locks": claims_skip_locks,
+    "leases_cover_calls": leases_cover_calls,
     "fencing": fencing,
     "no_loss": no_loss,
     "no_duplicates": no_duplicates,

@@ -54,6 +54,14 @@ TERMINAL_STATES = frozenset({State.DONE, State.DEADLETTER})
 # Stages whose work is split into several claims: one batch (or one poll) per claim.
 REPEATING_STAGES = frozenset({Stage.PARSING, Stage.CHUNKING, Stage.EMBEDDING})
 
+# Stages whose step makes a billed external call (the parser's upload, an embeddings
+# batch): the only stages a spending budget can hold a job at.
+BILLED_STAGES = frozenset({Stage.JOB_VALIDATED, Stage.EMBEDDING})
+
+# The reason a queued job waits for an operator rather than for its due time
+# (``upload_jobs.held_for``); the claim skips held jobs.
+BUDGET_HOLD = "budget"
+
 
 class Position(NamedTuple):
     """A job's (stage, state): the unit the transition table talks about."""
@@ -74,6 +82,8 @@ class TransitionKind(StrEnum):
     FINALIZE = "finalize"
     WEBHOOK = "webhook"
     OPERATOR_RETRY = "operator_retry"
+    HOLD = "hold"
+    RELEASE = "release"
 
 
 class StageChange(StrEnum):
@@ -86,7 +96,9 @@ class StageChange(StrEnum):
 class Transition:
     """One allowed kind of change of a job row, with the guard that must hold.
 
-    ``from_states`` empty means "no row before" (an insert).
+    ``from_states`` empty means "no row before" (an insert). ``held`` is the row's hold
+    (``held_for``) before and after: every transition but a hold and its release keeps a
+    job unheld, so a claim of a held job is a violation, not a claim.
     """
 
     kind: TransitionKind
@@ -95,6 +107,7 @@ class Transition:
     stage_change: StageChange
     to_state: State
     guard: str
+    held: tuple[str | None, str | None] = (None, None)
 
     def matches(self, old: Position | None, new: Position) -> bool:
         if old is None:
@@ -209,6 +222,25 @@ TRANSITIONS: tuple[Transition, ...] = (
         State.QUEUED,
         "an operator retry through the API; retry_count reset",
     ),
+    Transition(
+        TransitionKind.HOLD,
+        BILLED_STAGES,
+        frozenset({State.WORKING}),
+        StageChange.SAME,
+        State.QUEUED,
+        "the budget cannot cover the next billed call: by the owner with a live lease, "
+        "held_for set, retry_count unchanged",
+        held=(None, BUDGET_HOLD),
+    ),
+    Transition(
+        TransitionKind.RELEASE,
+        BILLED_STAGES,
+        frozenset({State.QUEUED}),
+        StageChange.SAME,
+        State.QUEUED,
+        "the budget was raised: an operator (not a worker) clears held_for",
+        held=(BUDGET_HOLD, None),
+    ),
 )
 
 
@@ -277,6 +309,8 @@ def stages_allowing(state: State) -> tuple[Stage, ...]:
 DONE = Position(LAST_STAGE, State.DONE)
 
 __all__ = [
+    "BILLED_STAGES",
+    "BUDGET_HOLD",
     "CLAIMABLE_STATES",
     "DONE",
     "FIRST_STAGE",

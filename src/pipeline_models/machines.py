@@ -71,7 +71,8 @@ from pipeline_models.invariants import (
     liveness,
 )
 from pipeline_models.lifecycle import Stage, State, TransitionKind
-from pipeline_models.scheduler import Outcome
+from pipeline_models.pipeline.checkpoints import Checkpoint
+from pipeline_models.scheduler import Outcome, StepReport
 from pipeline_models.snapshot import JobRow
 from strategies import documents, fault_plans, faults
 
@@ -83,8 +84,18 @@ USERS = (ALICE, BOB)
 CLOCK_STEPS = (1, 3, 10, 31, 61, 301)
 # A few documents are enough to interleave; more only lengthen every drain.
 MAX_DOCUMENTS = 4
+# Where run_worker_until stops a worker: after an external call's effects are out in the
+# world, and with the writes done but not committed.
+PAUSE_POINTS = (Checkpoint.AFTER_CALL.value, Checkpoint.BEFORE_COMMIT.value)
 STAGE_ORDER = {stage: position for position, stage in enumerate(Stage)}
-QUEUE_INVARIANTS = ("transitions", "claims_skip_locks", "fencing", "retries", "no_duplicates")
+QUEUE_INVARIANTS = (
+    "transitions",
+    "claims_skip_locks",
+    "leases_cover_calls",
+    "fencing",
+    "retries",
+    "no_duplicates",
+)
 
 
 @dataclass
@@ -235,13 +246,17 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(worker=st.sampled_from(("w1", "w2")))
     def step_worker(self, worker: str) -> None:
+        self._step(worker)
+
+    def _step(self, worker: str) -> StepReport | None:
         if worker in self.crashed:
-            return
+            return None
         report = self._run(self.driver.step(self.worker_name(worker)))
         STATISTICS.steps += 1
         event(f"step {report.outcome}")
         self.parked_at[worker] = report.checkpoint
         note(str(report))
+        return report
 
     @rule(worker=st.sampled_from(("w1", "w2")), checkpoints=st.integers(2, 12))
     def run_worker(self, worker: str, checkpoints: int) -> None:
@@ -251,6 +266,20 @@ class QueueMachine(RuleBasedStateMachine):
             if count:
                 self._check_the_database()
             self.step_worker(worker)
+
+    @rule(worker=st.sampled_from(("w1", "w2")), checkpoint=st.sampled_from(PAUSE_POINTS))
+    def run_worker_until(self, worker: str, checkpoint: str) -> None:
+        """Run one worker until it stops at ``checkpoint`` (a dozen steps at most), the
+        invariants checked on the way: a pause or a crash right after a call or just
+        before a commit, where zombies and half-done work come from, is one rule away."""
+        for count in range(12):
+            if count:
+                self._check_the_database()
+            report = self._step(worker)
+            if report is None or report.checkpoint == checkpoint:
+                return
+            if report.outcome in (Outcome.IDLE, Outcome.BLOCKED, Outcome.CONNECTION_LOST):
+                return
 
     @rule(worker=st.sampled_from(("w1", "w2")), steps=st.integers(1, 10))
     def run_whole_steps(self, worker: str, steps: int) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -74,6 +75,7 @@ class StepReport:
     stage: Stage | None = None
     result: StepResult | None = None
     in_claim: bool = False  # BLOCKED inside the claim query
+    job_id: uuid.UUID | None = None  # the job it holds, when PARKED with one
 
     def __str__(self) -> str:
         where = (
@@ -230,7 +232,13 @@ class CheckpointScheduler:
             if slot.arrived.is_set() and slot.parked_at is not None:
                 slot.arrived.clear()
                 job = slot.parked_job
-                return StepReport(name, Outcome.PARKED, slot.parked_at, job.stage if job else None)
+                return StepReport(
+                    name,
+                    Outcome.PARKED,
+                    slot.parked_at,
+                    job.stage if job else None,
+                    job_id=job.job_id if job else None,
+                )
             if slot.task.done():
                 slot.arrived.clear()
                 return self._finished(slot)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     Table,
     Text,
     UniqueConstraint,
@@ -34,7 +35,14 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from pipeline_models.lifecycle import LIVE_STATES, STAGES, State, stages_allowing
+from pipeline_models.lifecycle import (
+    BILLED_STAGES,
+    BUDGET_HOLD,
+    LIVE_STATES,
+    STAGES,
+    State,
+    stages_allowing,
+)
 
 DEFAULT_SCHEMA = "upload_pipeline"
 
@@ -111,6 +119,14 @@ upload_jobs = Table(
     Column("correlation_id", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Why a queued job is not claimable (the claim skips it): 'budget' until an operator
+    # raises the spending cap. NULL for every job when no cap is configured.
+    Column("held_for", Text),
+    # What the job's billed calls cost, as the services reported their usage; money is
+    # exact (numeric, Decimal in Python), never a float.
+    Column("pages_billed", Integer, nullable=False, server_default="0"),
+    Column("tokens_billed", BigInteger, nullable=False, server_default="0"),
+    Column("cost_usd", Numeric, nullable=False, server_default="0"),
     CheckConstraint(_one_of("stage", (s.value for s in STAGES)), "upload_jobs_stage"),
     CheckConstraint(_one_of("state", (s.value for s in State)), "upload_jobs_state"),
     CheckConstraint(
@@ -131,6 +147,15 @@ upload_jobs = Table(
     CheckConstraint(
         "chunks_done >= 0 AND embeddings_done >= 0 AND chunk_cursor >= 0",
         "upload_jobs_progress_not_negative",
+    ),
+    CheckConstraint(
+        f"held_for IS NULL OR (held_for = '{BUDGET_HOLD}' AND state = 'queued' AND "
+        f"{_one_of('stage', sorted(s.value for s in BILLED_STAGES))})",
+        "upload_jobs_held_only_while_queued_at_a_billed_stage",
+    ),
+    CheckConstraint(
+        "pages_billed >= 0 AND tokens_billed >= 0 AND cost_usd >= 0",
+        "upload_jobs_usage_not_negative",
     ),
 )
 
@@ -232,8 +257,25 @@ events = Table(
 )
 Index("events_by_job", events.c.job_id, events.c.event_id)
 
+spending_budget = Table(
+    "spending_budget",
+    metadata,
+    # One row per budget ("run"); every worker of the deployment shares it.
+    Column("budget_id", Text, primary_key=True),
+    Column("limit_usd", Numeric, nullable=False),
+    # Settled: what the services billed, as their responses reported it.
+    Column("spent_usd", Numeric, nullable=False, server_default="0"),
+    # Estimates of calls in flight, reserved before each call and settled after it.
+    Column("reserved_usd", Numeric, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint(
+        "limit_usd >= 0 AND spent_usd >= 0 AND reserved_usd >= 0", "spending_budget_not_negative"
+    ),
+)
+
 # Children before parents: the order DELETE-based reset must follow.
 TABLES_CHILDREN_FIRST: tuple[Table, ...] = (
+    spending_budget,
     events,
     document_chunks,
     document_vector_buffer,
@@ -274,5 +316,6 @@ __all__ = [
     "events",
     "metadata",
     "schema_fingerprint",
+    "spending_budget",
     "upload_jobs",
 ]

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -47,6 +48,10 @@ class JobRow:
     chunks_total: int | None
     chunks_done: int
     embeddings_done: int
+    # What the job's billed calls cost, as the pipeline recorded it.
+    pages_billed: int = 0
+    tokens_billed: int = 0
+    cost_usd: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)

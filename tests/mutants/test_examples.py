@@ -8,12 +8,13 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from pipeline_models.database import Database
-from pipeline_models.drivers import CHECK_CONFIG, ReferenceDriver
+from pipeline_models.drivers import ReferenceDriver
 from pipeline_models.lifecycle import Stage
 from pipeline_models.mutants.examples import (
     EXAMPLES,
     Example,
     ExampleResult,
+    example_driver,
     run_examples,
 )
 from pipeline_models.pipeline.stages import STAGE_HANDLERS
@@ -78,9 +79,7 @@ def test_a_dead_letter_without_its_error_is_caught(pipeline_database: Database) 
     results = asyncio.run(
         run_examples(
             pipeline_database,
-            driver_factory=lambda db: ReferenceDriver(
-                db, config=CHECK_CONFIG, queries=NO_LAST_ERROR
-            ),
+            driver_factory=lambda db: example_driver(db, queries=NO_LAST_ERROR),
             examples=_only("parser_permanent_error", "happy_path"),
         )
     )
@@ -94,7 +93,7 @@ def test_an_embedding_stage_that_writes_no_vectors_is_caught(pipeline_database: 
     results = asyncio.run(
         run_examples(
             pipeline_database,
-            driver_factory=lambda db: ReferenceDriver(db, config=CHECK_CONFIG, stages=stages),
+            driver_factory=lambda db: example_driver(db, stages=stages),
             examples=_only("happy_path", "each_stage_once"),
         )
     )
@@ -107,9 +106,7 @@ def test_a_reclaim_that_is_not_counted_is_caught(pipeline_database: Database) ->
     results = asyncio.run(
         run_examples(
             pipeline_database,
-            driver_factory=lambda db: ReferenceDriver(
-                db, config=CHECK_CONFIG, queries=UNCOUNTED_RECLAIM
-            ),
+            driver_factory=lambda db: example_driver(db, queries=UNCOUNTED_RECLAIM),
             examples=_only("worker_crash_after_claim"),
         )
     )

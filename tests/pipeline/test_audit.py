@@ -211,6 +211,30 @@ async def test_a_rolled_back_transaction_leaves_no_audit_row(
     assert await audited.fetchval(f"SELECT count(*) FROM {AUDIT_TABLE}") == 1
 
 
+async def test_a_row_committed_after_rows_with_higher_ids_is_still_read(
+    audited: asyncpg.Connection, clean_pipeline_database: Database
+) -> None:
+    # A worker parked before its commit holds an audit row with a low id; others commit
+    # rows with higher ids meanwhile. Paging by id would skip the late row for good.
+    first, second = await insert_upload(audited), await insert_upload(audited)
+    history = History()
+    assert len(await history.refresh(audited)) == 2
+    slow = await connect_as(clean_pipeline_database, "worker-slow")
+    try:
+        await slow.execute("BEGIN")
+        await slow.execute("UPDATE upload_jobs SET retry_count = 1 WHERE job_id = $1", first)
+        await audited.execute("UPDATE upload_jobs SET retry_count = 1 WHERE job_id = $1", second)
+        [fast] = await history.refresh(audited)
+        assert (fast.job_id, fast.actor) == (second, "test")
+        await slow.execute("COMMIT")
+    finally:
+        await slow.close()
+    [late] = await history.refresh(audited)
+    assert (late.job_id, late.actor) == (first, "worker-slow")
+    assert late.audit_id < fast.audit_id
+    assert await history.refresh(audited) == []
+
+
 async def test_the_reference_worker_keeps_every_invariant_through_a_crash(
     make_pipeline: PipelineFactory, audited: asyncpg.Connection, clock: ManualClock, tmp_path: Path
 ) -> None:

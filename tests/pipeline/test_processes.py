@@ -104,23 +104,16 @@ def test_a_worker_process_killed_mid_run_loses_nothing(
             60,
             "worker1 to hold a lease mid-document",
         )
-        cluster.kill_worker(0, signal.SIGKILL)
-        # A COMMIT the worker sent just before the kill can still land: read the leases it
-        # holds only once its backends are gone.
-        wait_for(
-            lambda: (
-                not fetchval(
-                    database,
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'worker1-%'",
-                )
-            ),
-            30,
-            "the killed worker's backends to end",
-        )
+        # Freeze the worker first: a COMMIT it sent just before can still land, so the
+        # leases it holds are read once that has settled, and then it dies holding them.
+        cluster.kill_worker(0, signal.SIGSTOP)
+        time.sleep(0.2)
         held = fetchval(
             database,
-            "SELECT count(*) FROM upload_jobs WHERE state = 'working' AND owner LIKE 'worker1-%'",
+            "SELECT count(*) FROM upload_jobs WHERE owner LIKE 'worker1-%' AND state = 'working'"
+            " OR last_error LIKE 'lease of worker1-%'",
         )
+        cluster.kill_worker(0, signal.SIGKILL)
         wait_for(
             lambda: not fetchval(database, QUERIES["count_live_jobs"].sql),
             120,

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ from pipeline_models.invariants import (
     liveness,
 )
 from pipeline_models.lifecycle import (
+    BUDGET_HOLD,
     CLAIMABLE_STATES,
     Position,
     Stage,
@@ -417,6 +419,7 @@ def test_the_invariants_checked_after_every_step_are_all_but_liveness() -> None:
     assert list(INVARIANTS) == [
         "transitions",
         "claims_skip_locks",
+        "leases_cover_calls",
         "fencing",
         "no_loss",
         "no_duplicates",
@@ -603,6 +606,86 @@ def test_transitions_fires_on_every_move_the_lifecycle_does_not_allow(
     assert_fired(check(observation, expectations, names=["transitions"]), "transitions", job=job_id)
 
 
+# -- budget holds ---------------------------------------------------------------------
+
+
+def held_change(
+    actor: str,
+    old: tuple[Stage, State, str | None],
+    new: tuple[Stage, State, str | None],
+    *,
+    retry_counts: tuple[int, int] = (0, 0),
+) -> list[Violation]:
+    """The transitions invariant on one crafted change: (stage, state, held_for) before
+    and after, the owner W1 while working."""
+    job_id = uuid.UUID(int=97)
+    change = JobChange(
+        audit_id=1,
+        operation="UPDATE",
+        actor=actor,
+        job_id=job_id,
+        document_id=uuid.UUID(int=96),
+        at=START,
+        old_stage=old[0].value,
+        new_stage=new[0].value,
+        old_state=old[1].value,
+        new_state=new[1].value,
+        old_owner=W1 if old[1] is State.WORKING else None,
+        new_owner=W1 if new[1] is State.WORKING else None,
+        old_lease_expires_at=START + LEASE if old[1] is State.WORKING else None,
+        new_lease_expires_at=START + LEASE if new[1] is State.WORKING else None,
+        old_next_attempt_at=START,
+        new_next_attempt_at=START,
+        old_retry_count=retry_counts[0],
+        new_retry_count=retry_counts[1],
+        old_held_for=old[2],
+        new_held_for=new[2],
+    )
+    observation = Observation(Snapshot(), (change,), (change,), frozenset(), {})
+    expectations = Expectations({}, frozenset({W1}), CONFIG)
+    return check(observation, expectations, names=["transitions"])
+
+
+def test_transitions_accepts_a_budget_hold_by_the_owner_and_its_release_by_an_operator() -> None:
+    working = (Stage.EMBEDDING, State.WORKING, None)
+    held = (Stage.EMBEDDING, State.QUEUED, BUDGET_HOLD)
+    released = (Stage.EMBEDDING, State.QUEUED, None)
+    assert held_change(W1, working, held) == []
+    assert held_change(API, held, released) == []
+
+
+def test_transitions_fires_when_a_held_job_is_claimed() -> None:
+    held = (Stage.JOB_VALIDATED, State.QUEUED, BUDGET_HOLD)
+    claimed = (Stage.JOB_VALIDATED, State.WORKING, BUDGET_HOLD)
+    assert_fired(held_change(W1, held, claimed), "transitions", says="no allowed transition")
+
+
+def test_transitions_fires_when_a_job_is_held_without_going_through_its_owner() -> None:
+    # A queued job marked held in place: no worker stepped it, so no hold explains it.
+    queued = (Stage.EMBEDDING, State.QUEUED, None)
+    held = (Stage.EMBEDDING, State.QUEUED, BUDGET_HOLD)
+    assert_fired(held_change(API, queued, held), "transitions", says="no allowed transition")
+
+
+def test_transitions_fires_when_a_worker_releases_a_budget_hold() -> None:
+    held = (Stage.EMBEDDING, State.QUEUED, BUDGET_HOLD)
+    released = (Stage.EMBEDDING, State.QUEUED, None)
+    assert_fired(held_change(W1, held, released), "transitions", says="only an operator may")
+
+
+def test_transitions_fires_when_a_budget_hold_counts_an_attempt() -> None:
+    working = (Stage.EMBEDDING, State.WORKING, None)
+    held = (Stage.EMBEDDING, State.QUEUED, BUDGET_HOLD)
+    found = held_change(W1, working, held, retry_counts=(1, 2))
+    assert_fired(found, "transitions", says="count no attempt")
+
+
+def test_transitions_fires_when_a_job_is_held_at_a_stage_that_bills_nothing() -> None:
+    working = (Stage.CHUNKING, State.WORKING, None)
+    held = (Stage.CHUNKING, State.QUEUED, BUDGET_HOLD)
+    assert_fired(held_change(W1, working, held), "transitions", says="no allowed transition")
+
+
 # -- claims_skip_locks ---------------------------------------------------------------
 
 
@@ -619,6 +702,49 @@ def test_claims_skip_locks_fires_when_a_claim_waited_on_a_row_lock(world: World)
 
 def test_claims_skip_locks_holds_when_no_claim_waited(world: World) -> None:
     assert world.check("claims_skip_locks") == []
+
+
+# -- leases_cover_calls ----------------------------------------------------------------
+
+
+def test_leases_cover_calls_fires_when_a_call_starts_on_the_claims_lease(world: World) -> None:
+    *_, gamma, _ = ids(world)
+    job = world.snapshot().jobs[gamma]
+    assert job.owner == W2
+    assert job.lease_expires_at is not None
+    # The call starts 5 s after the lease was last set, and the lease was not renewed.
+    started = job.lease_expires_at - LEASE + timedelta(seconds=5)
+    found = check(
+        world.observation(calls_started={W2: (gamma, started)}),
+        world.expectations(),
+        names=["leases_cover_calls"],
+    )
+    violation = assert_fired(found, "leases_cover_calls", job=gamma, says="without renewing")
+    assert W2 in str(violation)
+
+
+def test_leases_cover_calls_holds_when_the_lease_was_renewed_at_the_call(world: World) -> None:
+    *_, gamma, _ = ids(world)
+    job = world.snapshot().jobs[gamma]
+    assert job.lease_expires_at is not None
+    started = job.lease_expires_at - LEASE
+    assert (
+        check(
+            world.observation(calls_started={W2: (gamma, started)}),
+            world.expectations(),
+            names=["leases_cover_calls"],
+        )
+        == []
+    )
+    # Another worker's call, or a job no longer held, is judged by fencing, not here.
+    assert (
+        check(
+            world.observation(calls_started={W1: (gamma, started + LEASE)}),
+            world.expectations(),
+            names=["leases_cover_calls"],
+        )
+        == []
+    )
 
 
 # -- fencing -------------------------------------------------------------------------
@@ -938,6 +1064,27 @@ def test_cost_fires_when_every_batch_is_re_embedded_after_one_crash(world: World
     assert violation.expected == "at most 7 = 5 planned + 2 per batch x 1 interruptions"
 
 
+def test_cost_fires_when_a_committed_chunk_is_embedded_again(world: World) -> None:
+    # Gamma's first batch (ordinals 0 and 1) is committed: embeddings_done is 2.
+    assert world.snapshot().jobs[world.job_of[GAMMA_ID]].embeddings_done == 2
+    chunks = world.outcomes[GAMMA_ID].chunks
+    found = check(
+        # Sent after everything in the history so far: nothing new to check but the texts.
+        world.observation(changes=(), embedded_texts={GAMMA_ID: [chunks[0].text, chunks[2].text]}),
+        world.expectations(),
+        names=["cost"],
+    )
+    violation = assert_fired(found, "cost", document=GAMMA_ID, says="already committed")
+    assert violation.observed == "ordinals [0] sent again"
+
+
+def test_cost_allows_the_batch_in_flight_to_be_sent_again(world: World) -> None:
+    chunks = world.outcomes[GAMMA_ID].chunks
+    texts = [chunk.text for chunk in chunks[2:4]]
+    observation = world.observation(changes=(), embedded_texts={GAMMA_ID: texts})
+    assert check(observation, world.expectations(), names=["cost"]) == []
+
+
 def test_cost_allows_one_repeated_batch_per_interruption(world: World) -> None:
     # Gamma's first batch was sent twice (the crash), which its reclaim explains.
     assert world.inputs[GAMMA_ID] == 4
@@ -975,6 +1122,17 @@ def test_cost_does_not_count_a_batch_requeue_whose_progress_was_written_first(
     assert all(c.old_embeddings_done == c.new_embeddings_done for c in requeues)
     world.inputs[ALPHA_ID] = len(world.outcomes[ALPHA_ID].chunks) + 1
     assert_fired(world.check("cost"), "cost", document=ALPHA_ID, says="x 0 interruptions")
+
+
+def test_cost_fires_when_a_job_records_a_cost_its_usage_does_not_explain(world: World) -> None:
+    alpha, *_ = ids(world)
+    # 2 pages and 1,000 tokens cost 2 x $0.003 + 1,000 x $0.02/1M = $0.00602 at list prices.
+    world.jobs[alpha] = replace(
+        world.jobs[alpha], pages_billed=2, tokens_billed=1000, cost_usd=Decimal("0.00602")
+    )
+    assert world.check("cost") == []
+    world.jobs[alpha] = replace(world.jobs[alpha], cost_usd=Decimal("0.006"))  # tokens unpriced
+    assert_fired(world.check("cost"), "cost", job=alpha, says="recorded usage costs")
 
 
 def test_cost_fires_when_a_document_with_no_planned_chunks_is_embedded(world: World) -> None:

@@ -33,7 +33,8 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from typing import Any
 
 from starlette.applications import Starlette
@@ -86,18 +87,24 @@ class EmbeddingsFake(FakeService):
         self.embedding_requests = 0
         self.inputs = 0
         self.tokens_billed = 0
+        # When each billed request arrived (time.monotonic()) and its tokens.
+        self.token_arrivals: list[tuple[float, int]] = []
         self.embedded_texts: Counter[str] = Counter()
         # OpenAI's optional ``user`` field tags a request with an end user; the pipeline
         # sends its document id there, so cost can be counted per document.
         self.inputs_by_user: Counter[str] = Counter()
+        # Every text answered, in order, by user tag: which chunks were paid for again.
+        self.texts_by_user: defaultdict[str, list[str]] = defaultdict(list)
 
     def bill(self, texts: list[str], tokens: int, user: str | None = None) -> None:
         """Record one answered embeddings request (``user``: the caller's end-user tag)."""
         if user is not None:
             self.inputs_by_user[user] += len(texts)
+            self.texts_by_user[user].extend(texts)
         self.embedding_requests += 1
         self.inputs += len(texts)
         self.tokens_billed += tokens
+        self.token_arrivals.append((time.monotonic(), tokens))
         self.embedded_texts.update(texts)
 
     def stats(self) -> dict[str, Any]:
@@ -266,7 +273,14 @@ def create_embeddings_app(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
             )
         if header != f"Bearer {api_key}":
-            return openai_error(401, "Incorrect API key provided.", code="invalid_api_key")
+            # Like OpenAI, echo the key masked (its head and last four characters): the
+            # client must keep even this out of its errors.
+            sent = header.removeprefix("Bearer ")
+            return openai_error(
+                401,
+                f"Incorrect API key provided: {sent[:8]}{'*' * 20}{sent[-4:]}.",
+                code="invalid_api_key",
+            )
         return None
 
     async def embeddings(request: Request) -> Response:

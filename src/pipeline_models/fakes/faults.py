@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -491,6 +492,8 @@ class FakeService:
         self.faults = FaultPlan.healthy() if faults is None else faults
         # Lifetime counters; the plan's own counters restart with each new plan.
         self.requests: Counter[str] = Counter()
+        # When each request arrived (time.monotonic(), endpoint): what a rate limit counts.
+        self.arrivals: list[tuple[float, str]] = []
 
     @property
     def faults(self) -> FaultPlan:
@@ -559,6 +562,7 @@ class _FaultGate:
             await self.app(scope, receive, send)
             return
         self.service.requests[endpoint] += 1
+        self.service.arrivals.append((time.monotonic(), endpoint))
         plan = self.service.faults
         fault = plan.next_fault(endpoint)
         delay = plan.latency

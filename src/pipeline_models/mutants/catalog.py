@@ -373,12 +373,16 @@ CATALOG: tuple[Mutant, ...] = (
                 "        EMBEDDINGS,\n"
                 "        lambda: step.services.embeddings.embed(texts,"
                 " user=str(job.document_id)),\n"
+                "        estimate=Usage(tokens=estimate_tokens(texts)),\n"
+                "        billed=lambda answer: Usage(tokens=answer.tokens),\n"
                 "    )\n",
                 "    try:\n"
                 "        embeddings = await step.call(\n"
                 "            EMBEDDINGS,\n"
                 "            lambda: step.services.embeddings.embed(texts,"
                 " user=str(job.document_id)),\n"
+                "            estimate=Usage(tokens=estimate_tokens(texts)),\n"
+                "            billed=lambda answer: Usage(tokens=answer.tokens),\n"
                 "        )\n"
                 "    except Exception as error:  # one bad batch must not stop the document\n"
                 '        step.worker.log("embedding_failed", job, str(error))\n'

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from pipeline_models.database import Database
 from pipeline_models.documents import Document, DocumentKind, corrupt_pdf, markdown_document
@@ -905,8 +906,11 @@ EXAMPLES: tuple[Example, ...] = (
 # -- running -------------------------------------------------------------------------
 
 
-def _reference_driver(database: Database) -> ReferenceDriver:
-    return ReferenceDriver(database, config=CHECK_CONFIG)
+def example_driver(database: Database, **options: Any) -> ReferenceDriver:
+    """The driver the examples run on: as a hand-written test sees the pipeline, time
+    moves only where the example moves it. ``options`` go to :class:`ReferenceDriver`
+    (a mutant's ``queries`` or ``stages``)."""
+    return ReferenceDriver(database, config=CHECK_CONFIG, seconds_per_step=0, **options)
 
 
 async def run_example(
@@ -917,7 +921,7 @@ async def run_example(
     timeout: float = EXAMPLE_TIMEOUT_SECONDS,
 ) -> ExampleResult:
     """Run one example on a fresh driver; any exception or a hang is a failure."""
-    factory = driver_factory or _reference_driver
+    factory = driver_factory or example_driver
     started = time.perf_counter()
     message: str | None = None
     driver: ReferenceDriver | None = None
@@ -965,6 +969,7 @@ __all__ = [
     "EXAMPLE_TIMEOUT_SECONDS",
     "Example",
     "ExampleResult",
+    "example_driver",
     "run_example",
     "run_examples",
 ]

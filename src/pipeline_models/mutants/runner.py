@@ -52,7 +52,8 @@ class MutantReport:
 class RunOptions:
     database_url: str
     sides: Sequence[str] = SIDES
-    max_examples: int = 300
+    max_examples: int = 300  # per round
+    rounds: int = 4  # the derandomized ci run, then further seeds until a kill
     shrink_seconds: float = 30.0
     timeout_seconds: float = 900.0
 
@@ -80,6 +81,8 @@ def _child(
         schema,
         "--max-examples",
         str(options.max_examples),
+        "--rounds",
+        str(1 if seed is not None else options.rounds),
         "--shrink-seconds",
         str(options.shrink_seconds),
     ]

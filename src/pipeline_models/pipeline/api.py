@@ -1,8 +1,9 @@
 """The upload API: what the reference pipeline looks like from outside.
 
 ``POST /upload`` (bearer token, multipart file), ``GET /jobs/{job_id}``,
-``POST /jobs/{job_id}/retry``, ``POST /webhooks/parser`` (HMAC-signed) and
-``GET /health``. Every refusal leaves the database as it was; a job is visible only to
+``POST /jobs/{job_id}/retry``, ``POST /webhooks/parser`` (HMAC-signed),
+``PUT /operator/budget`` (operators only), ``GET /health`` and ``GET /metrics``
+(Prometheus). Every refusal leaves the database as it was; a job is visible only to
 its owner (anyone else gets 404, so ids do not leak).
 
 Example::
@@ -20,11 +21,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,7 +34,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pipeline_models import __version__
 from pipeline_models.errors import ServiceError
 from pipeline_models.lifecycle import Stage, State
+from pipeline_models.metrics import CONTENT_TYPE, PipelineMetrics, run_usage
 from pipeline_models.pipeline.auth import AuthenticationError, TokenIssuer
+from pipeline_models.pipeline.budget import Budget
+from pipeline_models.pipeline.costs import Usage, parse_correction
 from pipeline_models.pipeline.reference import ReferencePipeline
 from pipeline_models.pipeline.retry import describe
 from pipeline_models.pipeline.storage import parsed_key
@@ -58,6 +63,8 @@ class ApiSettings:
 
     token_secret: str = field(repr=False)
     webhook_secrets: tuple[str, ...] = field(repr=False)
+    # Users whose tokens may change the spending budget (PUT /operator/budget).
+    operators: frozenset[uuid.UUID] = frozenset()
     max_upload_bytes: int = 25 * MEBIBYTE
     webhook_tolerance_seconds: float = 300.0
     pool_size: int = 10
@@ -85,15 +92,25 @@ class Progress(BaseModel):
     embeddings_done: int
 
 
+class JobCost(BaseModel):
+    pages_billed: int
+    tokens_billed: int
+    cost_usd: str = Field(description="Exact decimal, as a string")
+
+
 class JobStatus(BaseModel):
     job_id: uuid.UUID
     document_id: uuid.UUID
     filename: str
     stage: Stage
     state: State
+    held_for: str | None = Field(
+        default=None, description="'budget': queued, waiting for the budget to be raised"
+    )
     retry_count: int
     last_error: str | None
     progress: Progress
+    cost: JobCost
     created_at: datetime
     updated_at: datetime
 
@@ -113,6 +130,22 @@ class Health(BaseModel):
     database: ComponentHealth
     storage: ComponentHealth
     services: dict[str, ComponentHealth]
+    jobs: dict[str, int] = Field(default_factory=dict, description="stage/state: jobs")
+    held: dict[str, int] = Field(default_factory=dict, description="stage: jobs held")
+    cost: dict[str, str] = Field(default_factory=dict, description="pages, tokens, cost_usd")
+    budget: dict[str, str] | None = None
+
+
+class BudgetChange(BaseModel):
+    max_cost_usd: str = Field(description="The new limit, an exact decimal such as '5.00'")
+
+
+class BudgetReport(BaseModel):
+    limit_usd: str
+    spent_usd: str
+    reserved_usd: str
+    remaining_usd: str
+    released: int
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -210,6 +243,7 @@ User = Annotated[uuid.UUID, Depends(current_user)]
 def create_api(pipeline: ReferencePipeline, settings: ApiSettings) -> FastAPI:
     """The upload API of ``pipeline`` (re-point it with ``app.state.runtime.use``)."""
     runtime = ApiRuntime(pipeline, settings)
+    metrics = pipeline.metrics or PipelineMetrics()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -352,9 +386,12 @@ def create_api(pipeline: ReferencePipeline, settings: ApiSettings) -> FastAPI:
             if job["stage"] != Stage.PARSING or State(job["state"]) not in _LIVE:
                 return _webhook_result("duplicate")
             key = parsed_key(job["document_id"])
+            parser = runtime.pipeline.services.parser
             try:
                 with runtime.pipeline.storage.writer(key) as out:
-                    await runtime.pipeline.services.parser.download_markdown(notice.job_id, out)
+                    await parser.download_markdown(notice.job_id, out)
+                # What the parser billed, from its job result, as the poller records it.
+                pages = await parser.result_pages(notice.job_id)
             except ServiceError as error:
                 raise HTTPException(503, f"could not fetch the parse result: {error}") from None
             async with connection.transaction():
@@ -364,10 +401,51 @@ def create_api(pipeline: ReferencePipeline, settings: ApiSettings) -> FastAPI:
                 if moved is None:
                     return _webhook_result("duplicate")
                 await connection.execute(
-                    QUERIES["set_parsed_blob"].sql, job["document_id"], key, None, now
+                    QUERIES["set_parsed_blob"].sql, job["document_id"], key, pages, now
                 )
+                await _charge_parse(runtime.pipeline, connection, job, pages, now)
                 await _event(connection, job, "webhook_accepted", now, {"parser": notice.job_id})
         return _webhook_result("accepted")
+
+    @app.put(
+        "/operator/budget",
+        response_model=BudgetReport,
+        responses=_errors(401, 403, 422),
+        summary="Set the spending cap; raising it releases the jobs held for the budget",
+    )
+    async def set_budget(change: BudgetChange, user: User) -> BudgetReport:
+        if user not in runtime.settings.operators:
+            raise HTTPException(403, "only an operator may change the budget")
+        try:
+            limit = Decimal(change.max_cost_usd)
+        except InvalidOperation:
+            raise HTTPException(
+                422, f"max_cost_usd must be a decimal such as '5.00', got {change.max_cost_usd!r}"
+            ) from None
+        if not limit.is_finite() or limit < 0:
+            raise HTTPException(422, f"max_cost_usd must be 0 or more, got {limit}")
+        budget = runtime.pipeline.budget or Budget()
+        pool = await runtime.pool()
+        async with pool.acquire() as connection:
+            state, released = await budget.set_limit(
+                connection, limit, runtime.pipeline.clock.now()
+            )
+        return BudgetReport(**state.as_dict(), released=released)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        summary="Prometheus metrics: jobs, holds, circuits, cost",
+    )
+    async def prometheus_metrics() -> Response:
+        pool = await runtime.pool()
+        async with pool.acquire() as connection:
+            await metrics.refresh(
+                connection,
+                breakers=runtime.pipeline.breakers,
+                budget=runtime.pipeline.budget or Budget(),
+            )
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     @app.get(
         "/health",
@@ -414,6 +492,7 @@ def _job_status(row: asyncpg.Record) -> JobStatus:
         filename=row["filename"],
         stage=Stage(row["stage"]),
         state=State(row["state"]),
+        held_for=row["held_for"],
         retry_count=row["retry_count"],
         last_error=row["last_error"],
         progress=Progress(
@@ -421,9 +500,33 @@ def _job_status(row: asyncpg.Record) -> JobStatus:
             chunks_done=row["chunks_done"],
             embeddings_done=row["embeddings_done"],
         ),
+        cost=JobCost(
+            pages_billed=row["pages_billed"],
+            tokens_billed=row["tokens_billed"],
+            cost_usd=str(row["cost_usd"]),
+        ),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+async def _charge_parse(
+    pipeline: ReferencePipeline,
+    connection: asyncpg.Connection,
+    job: asyncpg.Record,
+    pages: int,
+    now: datetime,
+) -> None:
+    """The webhook's half of what ``collect_parse`` does when it polls: the job's pages
+    and cost, and the budget trued up from the estimate the upload's call reserved."""
+    config = pipeline.config
+    cost = config.prices.price(Usage(pages=pages))
+    await connection.execute(QUERIES["add_job_usage"].sql, job["job_id"], pages, 0, cost)
+    if pipeline.budget is not None:
+        correction = parse_correction(config.prices, pages=pages, size_bytes=job["size_bytes"])
+        await pipeline.budget.settle(
+            connection, reserved_usd=Decimal(0), spent_usd=correction, now=now
+        )
 
 
 async def _event(
@@ -473,7 +576,25 @@ async def _health(runtime: ApiRuntime) -> Health:
             detail={"reachable": reachable, "circuit": circuit, "error": problem},
         )
     ok = database.ok and storage.ok and all(s.ok for s in services.values())
-    return Health(ok=ok, version=__version__, database=database, storage=storage, services=services)
+    health = Health(
+        ok=ok, version=__version__, database=database, storage=storage, services=services
+    )
+    if database.ok:
+        # What /metrics shows, as JSON: jobs, holds, cost and the budget.
+        try:
+            async with pool.acquire() as connection:
+                jobs = await connection.fetch(QUERIES["job_counts"].sql)
+                held = await connection.fetch(QUERIES["count_held_jobs"].sql)
+                usage = await run_usage(connection)
+                budget = await (pipeline.budget or Budget()).state(connection)
+        except Exception as error:
+            health.database.detail["pipeline_error"] = describe(error)
+        else:
+            health.jobs = {f"{r['stage']}/{r['state']}": r["jobs"] for r in jobs}
+            health.held = {r["stage"]: r["jobs"] for r in held}
+            health.cost = {k: str(v) for k, v in usage.items()}
+            health.budget = budget.as_dict() if budget is not None else None
+    return health
 
 
 async def _probe_parser(pipeline: ReferencePipeline) -> tuple[bool, str | None]:
@@ -496,8 +617,11 @@ async def _probe_embeddings(pipeline: ReferencePipeline) -> tuple[bool, str | No
 __all__ = [
     "ApiRuntime",
     "ApiSettings",
+    "BudgetChange",
+    "BudgetReport",
     "ErrorBody",
     "Health",
+    "JobCost",
     "JobStatus",
     "UploadResponse",
     "WebhookResult",

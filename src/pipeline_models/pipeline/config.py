@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline_models.pipeline.chunking import Chunker
+from pipeline_models.pipeline.costs import PriceTable
 from pipeline_models.pipeline.retry import RetryPolicy
 
 MEBIBYTE = 2**20
@@ -31,6 +32,7 @@ class WorkerConfig:
     renew_leases: bool = True
     circuit_failure_threshold: int = 5
     circuit_reset_seconds: float = 30.0
+    prices: PriceTable = field(default_factory=PriceTable.default)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lease_seconds", float(self.lease_seconds))

@@ -36,8 +36,11 @@ from pipeline_models.fakes import (
     openai_http_client,
     parser_http_client,
 )
+from pipeline_models.metrics import PipelineMetrics
+from pipeline_models.pipeline.budget import Budget
 from pipeline_models.pipeline.circuit import CircuitBreaker
 from pipeline_models.pipeline.config import WorkerConfig
+from pipeline_models.pipeline.ratelimit import RateLimits
 from pipeline_models.pipeline.services import EmbeddingsClient, ParserClient, Services
 from pipeline_models.pipeline.storage import BlobStorage, LocalDirectoryStorage
 from pipeline_models.pipeline.uploads import Upload, enqueue_upload
@@ -76,6 +79,9 @@ class ReferencePipeline:
         clock: Clock | None = None,
         config: WorkerConfig | None = None,
         fakes: Fakes | None = None,
+        budget: Budget | None = None,
+        rate_limits: RateLimits | None = None,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         self.database = database
         self.storage = storage
@@ -85,6 +91,10 @@ class ReferencePipeline:
         self.fakes = fakes
         # Shared by every worker of this pipeline, as they would be in one process.
         self.breakers: dict[str, CircuitBreaker] = default_breakers(self.clock, self.config)
+        # Also shared: one spending budget (None: no cap) and one set of rate limits.
+        self.budget = budget
+        self.rate_limits = rate_limits or RateLimits()
+        self.metrics = metrics
 
     @classmethod
     def with_fakes(
@@ -99,6 +109,9 @@ class ReferencePipeline:
         pending_polls: int = 0,
         webhook_url: str | None = None,
         webhook_secrets: Sequence[str] = (),
+        budget: Budget | None = None,
+        rate_limits: RateLimits | None = None,
+        metrics: PipelineMetrics | None = None,
     ) -> ReferencePipeline:
         """The pipeline against in-process fakes (no sockets, deterministic).
 
@@ -139,6 +152,9 @@ class ReferencePipeline:
             clock=clock,
             config=config,
             fakes=fakes,
+            budget=budget,
+            rate_limits=rate_limits,
+            metrics=metrics,
         )
 
     @classmethod
@@ -154,6 +170,9 @@ class ReferencePipeline:
         webhook_url: str | None = None,
         clock: Clock | None = None,
         config: WorkerConfig | None = None,
+        budget: Budget | None = None,
+        rate_limits: RateLimits | None = None,
+        metrics: PipelineMetrics | None = None,
     ) -> ReferencePipeline:
         """The pipeline against services reached over the network (served fakes or real).
 
@@ -170,12 +189,22 @@ class ReferencePipeline:
             webhook_url=webhook_url,
         )
         return cls(
-            database, LocalDirectoryStorage(storage_root), services, clock=clock, config=config
+            database,
+            LocalDirectoryStorage(storage_root),
+            services,
+            clock=clock,
+            config=config,
+            budget=budget,
+            rate_limits=rate_limits,
+            metrics=metrics,
         )
 
     def worker(self, *, name: str | None = None, **options: Any) -> BaseWorker:
         """A new worker of this pipeline (start it with ``async with``)."""
         options.setdefault("breakers", self.breakers)
+        options.setdefault("budget", self.budget)
+        options.setdefault("rate_limits", self.rate_limits)
+        options.setdefault("metrics", self.metrics)
         return BaseWorker(
             self.database,
             services=self.services,

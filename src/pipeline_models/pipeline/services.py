@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import email.utils
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,10 +44,29 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
     return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
 
 
+# A key as services echo it back masked ("sk-proj-****abcd"): kept out of errors too.
+_MASKED_KEY = re.compile(r"\b(?:sk|llx)-[A-Za-z0-9_-]*\*{2,}[A-Za-z0-9_-]*")
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` without ``secret`` and without masked echoes of API keys.
+
+    >>> redact("bad key sk-live-123 (sk-l****-123)", "sk-live-123")
+    'bad key [redacted] ([redacted key])'
+    """
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return _MASKED_KEY.sub("[redacted key]", text)
+
+
 def _status_error(
-    service: str, response_status: int, body: str, retry_after: float | None
+    service: str,
+    response_status: int,
+    body: str,
+    retry_after: float | None,
+    secret: str | None = None,
 ) -> ServiceError:
-    detail = body.strip().replace("\n", " ")[:300]
+    detail = redact(body.strip().replace("\n", " "), secret)[:300]
     message = f"HTTP {response_status}: {detail}" if detail else f"HTTP {response_status}"
     if response_status in (408, 409, 425, 429) or response_status >= 500:
         return TransientServiceError(
@@ -74,6 +94,7 @@ class ParserClient:
         self, http: httpx.AsyncClient, *, api_key: str | None = None, webhook_url: str | None = None
     ) -> None:
         self.http = http
+        self._api_key = api_key
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.webhook_url = webhook_url
 
@@ -90,6 +111,7 @@ class ParserClient:
                 response.status_code,
                 response.text,
                 retry_after_seconds(response.headers.get("retry-after")),
+                self._api_key,
             )
         return response
 
@@ -127,6 +149,19 @@ class ParserClient:
             pages=pages if isinstance(pages, int) else None,
         )
 
+    async def result_pages(self, parser_job_id: str) -> int:
+        """The pages the parser billed for a finished job (its result's ``job_metadata``)."""
+        response = await self._request(
+            "GET", f"/api/v1/parsing/job/{parser_job_id}/result/markdown"
+        )
+        metadata = self._json(response, "job_metadata")["job_metadata"]
+        pages = metadata.get("job_pages") if isinstance(metadata, dict) else None
+        if not isinstance(pages, int) or isinstance(pages, bool) or pages < 0:
+            raise TransientServiceError(
+                PARSER, f"malformed result: job_metadata.job_pages is {pages!r}"
+            )
+        return pages
+
     async def download_markdown(self, parser_job_id: str, out: BinaryIO) -> int:
         """Stream the markdown result into ``out``; the number of bytes written."""
         path = f"/api/v1/parsing/job/{parser_job_id}/result/raw/markdown"
@@ -143,6 +178,7 @@ class ParserClient:
                         response.status_code,
                         response.text,
                         retry_after_seconds(response.headers.get("retry-after")),
+                        self._api_key,
                     )
                 async for piece in response.aiter_bytes(1 << 16):
                     decoder.decode(piece)
@@ -189,15 +225,19 @@ class EmbeddingsClient:
                 error.status_code,
                 str(error.message),
                 retry_after_seconds(error.response.headers.get("retry-after")),
-            ) from error
+                self.client.api_key,
+            ) from None
         except openai.APITimeoutError as error:
             raise TransientServiceError(EMBEDDINGS, "timed out") from error
         except openai.APIConnectionError as error:
-            raise TransientServiceError(EMBEDDINGS, f"connection failed: {error}") from error
+            raise TransientServiceError(
+                EMBEDDINGS, redact(f"connection failed: {error}", self.client.api_key)
+            ) from error
         except (openai.APIError, ValueError, TypeError, KeyError) as error:
             # The SDK could not make sense of the body (malformed JSON, wrong shape).
             raise TransientServiceError(
-                EMBEDDINGS, f"malformed response: {type(error).__name__}: {error}"
+                EMBEDDINGS,
+                redact(f"malformed response: {type(error).__name__}: {error}", self.client.api_key),
             ) from error
         data = sorted(response.data, key=lambda item: item.index)
         if len(data) != len(texts) or [item.index for item in data] != list(range(len(texts))):
@@ -240,5 +280,6 @@ __all__ = [
     "ParserClient",
     "ParserJobStatus",
     "Services",
+    "redact",
     "retry_after_seconds",
 ]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from pipeline_models.errors import DocumentRejectedError, InconsistentStateError, StorageError
 from pipeline_models.lifecycle import Stage
+from pipeline_models.pipeline.costs import Usage, estimate_pages, estimate_tokens
 from pipeline_models.pipeline.identity import chunk_id, vector_sha
 from pipeline_models.pipeline.services import EMBEDDINGS, PARSER
 from pipeline_models.pipeline.storage import parsed_key
@@ -57,10 +58,15 @@ async def validate_upload(step: Step) -> StepResult:
 async def submit_to_parser(step: Step) -> StepResult:
     """job_validated -> parsing: hand the file to the parser and record its job id."""
     job = step.job
+    # The parser bills its pages at upload but counts them later: the budget takes the
+    # estimate now and is trued up when the pages are known (collect_parse).
+    estimate = Usage(pages=estimate_pages(job.size_bytes))
     with step.storage.open(job.raw_blob_key) as content:
         parser_job_id = await step.call(
             PARSER,
             lambda: step.services.parser.submit(job.filename, content, job.declared_type),
+            estimate=estimate,
+            billed=lambda _: estimate,
         )
     async with step.commit() as connection:
         await connection.execute(
@@ -96,11 +102,17 @@ async def collect_parse(step: Step) -> StepResult:
         size = await step.call(
             PARSER, lambda: step.services.parser.download_markdown(parser_job_id, out)
         )
+    # LlamaParse's status has no page count; its result's job_metadata has what it billed.
+    pages = status.pages
+    if pages is None:
+        pages = await step.call(PARSER, lambda: step.services.parser.result_pages(parser_job_id))
     async with step.commit() as connection:
         await connection.execute(
-            step.queries["set_parsed_blob"].sql, job.document_id, key, status.pages, step.now()
+            step.queries["set_parsed_blob"].sql, job.document_id, key, pages, step.now()
         )
-        return await step.advance(connection, parsed_bytes=size)
+        cost = await step.charge(connection, Usage(pages=pages))
+        await step.true_up_parse(connection, pages)
+        return await step.advance(connection, parsed_bytes=size, pages=pages, cost=str(cost))
 
 
 async def validate_parsed(step: Step) -> StepResult:
@@ -239,6 +251,8 @@ async def embed_batch(step: Step) -> StepResult:
     embeddings = await step.call(
         EMBEDDINGS,
         lambda: step.services.embeddings.embed(texts, user=str(job.document_id)),
+        estimate=Usage(tokens=estimate_tokens(texts)),
+        billed=lambda answer: Usage(tokens=answer.tokens),
     )
     done = job.embeddings_done + len(rows)
     async with step.commit() as connection:
@@ -259,6 +273,7 @@ async def embed_batch(step: Step) -> StepResult:
             ],
         )
         await connection.execute(step.queries["set_embedding_progress"].sql, job.job_id, done, now)
+        await step.charge(connection, Usage(tokens=embeddings.tokens))
         if done >= total:
             return await step.advance(
                 connection, vectors=len(rows), embeddings_done=done, tokens=embeddings.tokens

@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -39,15 +40,20 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, w
 from pipeline_models.clock import Clock, SystemClock
 from pipeline_models.database import Database
 from pipeline_models.errors import (
+    BudgetExhaustedError,
     DatabaseConfigurationError,
     DatabaseUnavailableError,
     LeaseLostError,
     ServiceError,
 )
-from pipeline_models.lifecycle import Stage, State, next_stage
+from pipeline_models.lifecycle import BUDGET_HOLD, Stage, State, next_stage
+from pipeline_models.metrics import PipelineMetrics
+from pipeline_models.pipeline.budget import Budget
 from pipeline_models.pipeline.checkpoints import Checkpoint, CheckpointHook
 from pipeline_models.pipeline.circuit import CircuitBreaker
 from pipeline_models.pipeline.config import WorkerConfig
+from pipeline_models.pipeline.costs import Usage, parse_correction
+from pipeline_models.pipeline.ratelimit import RateLimits
 from pipeline_models.pipeline.retry import Failure, FailureKind, classify, describe
 from pipeline_models.pipeline.services import EMBEDDINGS, PARSER, Services
 from pipeline_models.pipeline.storage import BlobStorage
@@ -108,6 +114,7 @@ class StepAction(StrEnum):
     DEADLETTERED = "deadlettered"  # permanent failure or retries exhausted
     FINALIZED = "finalized"  # the document is complete, the job done
     LEASE_LOST = "lease_lost"  # another owner has the job now; nothing committed
+    HELD = "held"  # the budget cannot cover the next billed call; queued, held
 
 
 @dataclass(frozen=True)
@@ -167,16 +174,107 @@ class Step:
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
         await self.worker.checkpoint(checkpoint, self.job)
 
-    async def call(self, service: str, operation: Callable[[], Awaitable[T]]) -> T:
+    def price(self, usage: Usage) -> Decimal:
+        """What ``usage`` costs at this worker's prices (one function for budget and job)."""
+        return self.config.prices.price(usage, embed_model=self.config.embed_model)
+
+    async def call(
+        self,
+        service: str,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        estimate: Usage | None = None,
+        billed: Callable[[T], Usage] | None = None,
+    ) -> T:
         """Call an external service through its circuit breaker, renewing the lease meanwhile.
 
-        ``after_call`` is awaited whether the call succeeded or failed (a failed call may
-        still have had its effect), but not when the step itself is being cancelled.
+        A billed call gives its ``estimate`` (reserved from the budget, and counted by the
+        rate limits, before the call) and ``billed`` (its usage from the answer, settled
+        after). If the budget cannot cover the estimate, :class:`BudgetExhaustedError` is
+        raised and no request is sent. ``after_call`` is awaited whether the call
+        succeeded or failed (a failed call may still have had its effect), but not when
+        the step itself is being cancelled.
         """
         if self.config.renew_leases:
             await self.renew_lease()
         breaker = self.worker.breakers[service]
-        breaker.before_call()
+        reserved = await self._reserve(service, estimate)
+        try:
+            breaker.before_call()
+            waited = await self.worker.rate_limits.acquire(
+                service, tokens=estimate.tokens if estimate is not None else 0
+            )
+            if waited > 0.1 and self.config.renew_leases:
+                # A wait for the rate limit may have used up much of the lease: renew it
+                # now, or the call's result could not be committed.
+                await self.renew_lease()
+            result = await self._call(service, breaker, operation)
+        except ServiceError as error:
+            self._count_call(service, "transient" if error.transient else "permanent")
+            if error.retry_after:
+                self.worker.rate_limits.pause(service, error.retry_after)
+            await self._settle(reserved, Decimal(0))
+            raise
+        except Exception:
+            self._count_call(service, "error")
+            await self._settle(reserved, Decimal(0))
+            raise
+        self._count_call(service, "ok")
+        if billed is not None:
+            await self._settle(reserved, self.price(billed(result)))
+        return result
+
+    def _count_call(self, service: str, outcome: str) -> None:
+        if self.worker.metrics is not None:
+            self.worker.metrics.external_calls.labels(service=service, outcome=outcome).inc()
+
+    async def _reserve(self, service: str, estimate: Usage | None) -> Decimal | None:
+        budget = self.worker.budget
+        if budget is None or estimate is None:
+            return None
+        amount = self.price(estimate)
+        async with self.worker.connection_lock:
+            fits = await budget.reserve(self.worker.db, amount, self.now())
+        if not fits:
+            raise BudgetExhaustedError(
+                f"the budget cannot cover the next {service} call of {self.job.job_id} "
+                f"(estimated {amount} USD): raise it with 'pipeline-models budget --max-cost'"
+            )
+        return amount
+
+    async def _settle(self, reserved: Decimal | None, spent: Decimal) -> None:
+        budget = self.worker.budget
+        if budget is None or reserved is None:
+            return
+        async with self.worker.connection_lock:
+            await budget.settle(
+                self.worker.db, reserved_usd=reserved, spent_usd=spent, now=self.now()
+            )
+
+    async def charge(self, connection: asyncpg.Connection, usage: Usage) -> Decimal:
+        """Add ``usage`` and its cost to the job (call inside :meth:`commit`)."""
+        cost = self.price(usage)
+        await connection.execute(
+            self.queries["add_job_usage"].sql, self.job.job_id, usage.pages, usage.tokens, cost
+        )
+        return cost
+
+    async def true_up_parse(self, connection: asyncpg.Connection, pages: int) -> None:
+        """The parser counted ``pages``: correct the budget's spend from the estimate it
+        took at upload (call inside :meth:`commit`, so a rolled-back step corrects nothing)."""
+        budget = self.worker.budget
+        if budget is None:
+            return
+        correction = parse_correction(
+            self.config.prices, pages=pages, size_bytes=self.job.size_bytes
+        )
+        await budget.settle(
+            connection, reserved_usd=Decimal(0), spent_usd=correction, now=self.now()
+        )
+
+    async def _call(
+        self, service: str, breaker: CircuitBreaker, operation: Callable[[], Awaitable[T]]
+    ) -> T:
         await self.checkpoint(Checkpoint.BEFORE_CALL)
         self.worker.stats[f"calls_{service}"] += 1
         stop_heartbeat = asyncio.Event()
@@ -370,6 +468,9 @@ class BaseWorker:
         stages: Mapping[Stage, StageHandler] | None = None,
         checkpoints: CheckpointHook | None = None,
         breakers: Mapping[str, CircuitBreaker] | None = None,
+        budget: Budget | None = None,
+        rate_limits: RateLimits | None = None,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         from pipeline_models.pipeline.stages import STAGE_HANDLERS
 
@@ -383,6 +484,10 @@ class BaseWorker:
         self.stages = dict(stages or STAGE_HANDLERS)
         self.checkpoints = checkpoints
         self.breakers = dict(breakers or default_breakers(self.clock, self.config))
+        # None: no spending cap, and no budget query is ever made.
+        self.budget = budget
+        self.rate_limits = rate_limits or RateLimits()
+        self.metrics = metrics
         self.connection_lock = asyncio.Lock()
         self.stats: Counter[str] = Counter()
         self._connection: asyncpg.Connection | None = None
@@ -521,6 +626,13 @@ class BaseWorker:
             result = await handler(step)
         except LeaseLostError as error:
             return self._lease_lost(job, error)
+        except BudgetExhaustedError as error:
+            try:
+                result = await self._hold(step, str(error))
+            except LeaseLostError as lost:
+                return self._lease_lost(job, lost)
+            except _CONNECTION_ERRORS as lost_connection:
+                raise self._unavailable(lost_connection) from lost_connection
         except Exception as error:
             if self._connection is None or self._connection.is_closed():
                 raise self._unavailable(error) from error
@@ -533,6 +645,11 @@ class BaseWorker:
             except _CONNECTION_ERRORS as lost_connection:
                 raise self._unavailable(lost_connection) from lost_connection
         self.stats[result.action.value] += 1
+        if self.metrics is not None:
+            self.metrics.steps.labels(stage=job.stage.value, action=result.action.value).inc()
+            self.metrics.stage_seconds.labels(stage=job.stage.value).observe(
+                time.perf_counter() - step.started
+            )
         self.log(result.action.value, job, str(result))
         return result
 
@@ -550,6 +667,14 @@ class BaseWorker:
         return DatabaseUnavailableError(
             f"{self.name} lost its database connection: {describe(error)}"
         )
+
+    async def _hold(self, step: Step, reason: str) -> StepResult:
+        """Give the job back held for the budget: not failed, not counted, not claimable."""
+        job = step.job
+        async with step.commit() as connection:
+            await step.move(connection, "hold_job", job.job_id, self.name, step.now(), BUDGET_HOLD)
+            await step.event(connection, "held", state=State.QUEUED.value, held_for=BUDGET_HOLD)
+        return StepResult(StepAction.HELD, job.job_id, job.stage, reason)
 
     async def _record_failure(self, step: Step, failure: Failure) -> StepResult:
         job = step.job

@@ -15,9 +15,10 @@ SELECT ARRAY(SELECT d FROM documents AS d) AS documents,
 
 
 -- name: observe_all
--- The tables and the audit rows after $1 in one statement: one round trip, and the
--- changes are exactly those that led to the tables read.
--- $1 after_audit_id bigint
+-- The tables and the audit rows of transactions from $1 on in one statement: one round
+-- trip, and the changes are exactly those that led to the tables read. next_xid is the
+-- oldest transaction still running (the next call's $1; see audit.sql, audit_since).
+-- $1 from_xid text (an xid8)
 SELECT ARRAY(SELECT d FROM documents AS d) AS documents,
        ARRAY(SELECT j FROM upload_jobs AS j) AS jobs,
        ARRAY(SELECT c FROM document_chunk_buffer AS c ORDER BY c.document_id, c.chunk_ord)
@@ -26,8 +27,9 @@ SELECT ARRAY(SELECT d FROM documents AS d) AS documents,
            AS vector_buffer,
        ARRAY(SELECT f FROM document_chunks AS f ORDER BY f.document_id, f.chunk_ord)
            AS final_chunks,
-       ARRAY(SELECT a FROM checker_job_audit AS a WHERE a.audit_id > $1 ORDER BY a.audit_id)
-           AS audit;
+       ARRAY(SELECT a FROM checker_job_audit AS a WHERE a.xid >= $1::text::xid8
+             ORDER BY a.audit_id) AS audit,
+       pg_snapshot_xmin(pg_current_snapshot())::text AS next_xid;
 
 
 -- name: job_ids_in_order

@@ -25,6 +25,7 @@ due AS (
     SELECT job_id, state AS previous_state, owner AS previous_owner, false AS exhausted
     FROM upload_jobs
     WHERE state IN ('queued', 'retryable') AND next_attempt_at <= $2::timestamptz
+      AND held_for IS NULL
     ORDER BY next_attempt_at, job_seq
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -300,15 +301,22 @@ LIMIT 1;
 
 
 -- name: count_live_jobs
--- Jobs that are not finished (queued, working or waiting for a retry).
-SELECT count(*) FROM upload_jobs WHERE state IN ('queued', 'working', 'retryable');
+-- Jobs that are not finished (queued, working or waiting for a retry), except those held
+-- for the budget: they wait for an operator, not for a worker.
+SELECT count(*) FROM upload_jobs
+WHERE state IN ('queued', 'working', 'retryable') AND held_for IS NULL;
 
 
 -- name: next_due_at
--- When the next live job becomes claimable (its due time, or its lease's expiry).
+-- When the next live, unheld job becomes claimable (its due time, or its lease's expiry).
 SELECT min(CASE WHEN state = 'working' THEN lease_expires_at ELSE next_attempt_at END)
 FROM upload_jobs
-WHERE state IN ('queued', 'working', 'retryable');
+WHERE state IN ('queued', 'working', 'retryable') AND held_for IS NULL;
+
+
+-- name: count_held_jobs
+-- Jobs held for the budget, by stage.
+SELECT stage, count(*) AS jobs FROM upload_jobs WHERE held_for IS NOT NULL GROUP BY stage;
 
 
 -- name: job_counts
@@ -328,8 +336,9 @@ GROUP BY stage;
 -- A job as its owner sees it; no row for anyone else (so ids do not leak).
 -- $1 job_id uuid, $2 user_id uuid
 SELECT job.job_id, job.document_id, document.filename, job.stage, job.state,
-       job.retry_count, job.last_error, job.chunks_total, job.chunks_done,
-       job.embeddings_done, job.created_at, job.updated_at
+       job.held_for, job.retry_count, job.last_error, job.chunks_total, job.chunks_done,
+       job.embeddings_done, job.pages_billed, job.tokens_billed, job.cost_usd,
+       job.created_at, job.updated_at
 FROM upload_jobs AS job
 JOIN documents AS document ON document.document_id = job.document_id
 WHERE job.job_id = $1 AND job.user_id = $2;
@@ -354,10 +363,12 @@ UPDATE documents SET status = 'processing', updated_at = $2 WHERE document_id = 
 -- name: job_by_parser_job
 -- The job a parser webhook is about.
 -- $1 parser_job_id text
-SELECT job_id, document_id, stage, state, correlation_id
-FROM upload_jobs
-WHERE parser_job_id = $1
-ORDER BY created_at DESC
+SELECT job.job_id, job.document_id, job.stage, job.state, job.correlation_id,
+       document.size_bytes
+FROM upload_jobs AS job
+JOIN documents AS document ON document.document_id = job.document_id
+WHERE job.parser_job_id = $1
+ORDER BY job.created_at DESC
 LIMIT 1;
 
 
@@ -381,3 +392,82 @@ UPDATE upload_jobs
 SET state = 'queued', owner = NULL, lease_expires_at = NULL, next_attempt_at = $3,
     updated_at = $3
 WHERE job_id = $1 AND owner = $2 AND state = 'working' AND lease_expires_at > $3;
+
+
+-- name: hold_job
+-- The budget cannot cover this job's next billed call: give it back, queued at the same
+-- stage and held, so no claim takes it until an operator raises the budget. Nothing is
+-- counted: the job did not fail.
+-- $1 job_id uuid, $2 owner text, $3 now timestamptz, $4 held_for text
+UPDATE upload_jobs
+SET state = 'queued', owner = NULL, lease_expires_at = NULL, next_attempt_at = $3,
+    held_for = $4, updated_at = $3
+WHERE job_id = $1 AND owner = $2 AND state = 'working' AND lease_expires_at > $3;
+
+
+-- name: release_held_jobs
+-- The budget was raised: every held job is claimable again, due now.
+-- $1 held_for text, $2 now timestamptz
+UPDATE upload_jobs
+SET held_for = NULL, next_attempt_at = $2, updated_at = $2
+WHERE held_for = $1 AND state = 'queued';
+
+
+-- name: add_job_usage
+-- What one billed call cost, added to the job in the transaction that commits its result.
+-- $1 job_id uuid, $2 pages int, $3 tokens bigint, $4 cost_usd numeric
+UPDATE upload_jobs
+SET pages_billed = pages_billed + $2, tokens_billed = tokens_billed + $3,
+    cost_usd = cost_usd + $4
+WHERE job_id = $1;
+
+
+-- name: run_usage
+-- The usage and cost of every job, summed.
+SELECT coalesce(sum(pages_billed), 0)::bigint AS pages,
+       coalesce(sum(tokens_billed), 0)::bigint AS tokens,
+       coalesce(sum(cost_usd), 0)::numeric AS cost_usd
+FROM upload_jobs;
+
+
+-- name: create_budget
+-- The budget with this limit, unless it exists already (then it keeps its limit: a
+-- restarted worker must not undo an operator's raise).
+-- $1 budget_id text, $2 limit_usd numeric, $3 now timestamptz
+INSERT INTO spending_budget (budget_id, limit_usd, updated_at)
+VALUES ($1, $2, $3)
+ON CONFLICT (budget_id) DO NOTHING;
+
+
+-- name: set_budget_limit
+-- Create the budget or change its limit (spent and reserved stay).
+-- $1 budget_id text, $2 limit_usd numeric, $3 now timestamptz
+INSERT INTO spending_budget (budget_id, limit_usd, updated_at)
+VALUES ($1, $2, $3)
+ON CONFLICT (budget_id) DO UPDATE SET limit_usd = excluded.limit_usd, updated_at = $3
+RETURNING limit_usd, spent_usd, reserved_usd;
+
+
+-- name: reserve_budget
+-- Reserve a call's estimated cost, atomically, only if it fits under the limit. No row
+-- back: it does not fit (or there is no such budget), and the call must not be made.
+-- $1 budget_id text, $2 amount numeric, $3 now timestamptz
+UPDATE spending_budget
+SET reserved_usd = reserved_usd + $2, updated_at = $3
+WHERE budget_id = $1 AND spent_usd + reserved_usd + $2 <= limit_usd
+RETURNING spent_usd, reserved_usd;
+
+
+-- name: settle_budget
+-- A call is over: drop its reservation and add what it really cost (0 if it failed
+-- before the service billed it).
+-- $1 budget_id text, $2 reserved numeric, $3 spent numeric, $4 now timestamptz
+UPDATE spending_budget
+SET reserved_usd = greatest(reserved_usd - $2, 0), spent_usd = spent_usd + $3,
+    updated_at = $4
+WHERE budget_id = $1;
+
+
+-- name: read_budget
+-- $1 budget_id text
+SELECT limit_usd, spent_usd, reserved_usd FROM spending_budget WHERE budget_id = $1;

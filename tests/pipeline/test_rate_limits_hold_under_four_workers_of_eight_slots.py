@@ -1,0 +1,151 @@
+"""Client-side rate limits: 32 job slots sharing them never exceed them at the services."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+
+import asyncpg
+import pytest
+
+from pipeline_models.clock import SystemClock
+from pipeline_models.documents import markdown_document
+from pipeline_models.pipeline.checkpoints import Checkpoint
+from pipeline_models.pipeline.ratelimit import RateLimits, ServiceRate
+from pipeline_models.pipeline.reference import ReferencePipeline
+from pipeline_models.pipeline.services import EMBEDDINGS, PARSER
+from pipeline_models.pipeline.worker import BaseWorker, ClaimedJob, StepAction
+from tests.conftest import TEST_CONFIG, PipelineFactory
+
+pytestmark = pytest.mark.anyio
+
+ALICE = uuid.UUID(int=1)
+WINDOW = 2.0  # seconds: a short "minute", so the test runs in seconds
+# Arrival at the fake lags the limiter's decision by scheduling jitter (well under a
+# millisecond here); the fake's windows are this much shorter than the limiter's.
+JITTER = 0.05
+PARSER_RATE = ServiceRate(requests=16, window_seconds=WINDOW)
+EMBEDDINGS_RATE = ServiceRate(requests=5, tokens=1500, window_seconds=WINDOW)
+WORKERS, SLOTS = 4, 8
+DOCUMENTS = [
+    markdown_document(f"# Limited {n}\n\n" + f"Sentence {n} about rate limits. " * 40)
+    for n in range(12)
+]
+
+
+def most_in_window(arrivals: Sequence[tuple[float, int]], window: float) -> tuple[int, int]:
+    """The most requests, and the most units, that arrived within any ``window`` seconds."""
+    times = sorted(arrivals)
+    most_requests = most_units = 0
+    start = 0
+    units = 0
+    for end, (at, amount) in enumerate(times):
+        units += amount
+        while times[start][0] <= at - window:
+            units -= times[start][1]
+            start += 1
+        most_requests = max(most_requests, end - start + 1)
+        most_units = max(most_units, units)
+    return most_requests, most_units
+
+
+async def run_slots(pipeline: ReferencePipeline, db: asyncpg.Connection) -> None:
+    """``WORKERS`` workers of ``SLOTS`` slots each (one process's limits shared by all
+    32 slots), until every job is done."""
+    for document in DOCUMENTS:
+        await pipeline.upload(db, user_id=ALICE, document=document)
+    workers: list[BaseWorker] = [
+        pipeline.worker(name=f"worker{w + 1}-{s + 1}") for w in range(WORKERS) for s in range(SLOTS)
+    ]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(worker.run(stop), name=worker.name) for worker in workers]
+    try:
+        async with asyncio.timeout(30):
+            while await db.fetchval("SELECT count(*) FROM upload_jobs WHERE state <> 'done'"):
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        for worker in workers:
+            await worker.close()
+
+
+def observed(pipeline: ReferencePipeline) -> dict[str, tuple[int, int]]:
+    assert pipeline.fakes is not None
+    window = WINDOW - JITTER
+    parser = [(at, 1) for at, _ in pipeline.fakes.parser.arrivals]
+    return {
+        PARSER: most_in_window(parser, window),
+        EMBEDDINGS: most_in_window(pipeline.fakes.embeddings.token_arrivals, window),
+    }
+
+
+async def test_rate_limits_hold_under_four_workers_of_eight_slots(
+    make_pipeline: PipelineFactory, db: asyncpg.Connection
+) -> None:
+    limits = RateLimits({PARSER: PARSER_RATE, EMBEDDINGS: EMBEDDINGS_RATE})
+    pipeline = make_pipeline(clock=SystemClock(), rate_limits=limits)
+    await run_slots(pipeline, db)
+    seen = observed(pipeline)
+    assert seen[PARSER][0] <= PARSER_RATE.requests
+    requests, tokens = seen[EMBEDDINGS]
+    assert requests <= EMBEDDINGS_RATE.requests
+    assert EMBEDDINGS_RATE.tokens is not None
+    assert tokens <= EMBEDDINGS_RATE.tokens
+    # The limits were the binding constraint, not a run too small to reach them.
+    assert seen[PARSER][0] == PARSER_RATE.requests
+
+
+async def test_without_rate_limits_the_same_run_exceeds_them(
+    make_pipeline: PipelineFactory, db: asyncpg.Connection
+) -> None:
+    pipeline = make_pipeline(clock=SystemClock())
+    await run_slots(pipeline, db)
+    seen = observed(pipeline)
+    assert seen[PARSER][0] > PARSER_RATE.requests
+    assert seen[EMBEDDINGS][0] > EMBEDDINGS_RATE.requests
+
+
+async def test_retry_after_pauses_the_service_for_every_slot() -> None:
+    limits = RateLimits({EMBEDDINGS: ServiceRate(requests=100, window_seconds=60)})
+    limits.pause(EMBEDDINGS, 0.3)
+    started = asyncio.get_running_loop().time()
+    await asyncio.gather(*(limits.acquire(EMBEDDINGS) for _ in range(3)))
+    assert asyncio.get_running_loop().time() - started >= 0.3
+
+
+async def test_a_call_larger_than_the_token_limit_is_refused_with_the_fix() -> None:
+    limits = RateLimits({EMBEDDINGS: ServiceRate(tokens=10, window_seconds=60)})
+    with pytest.raises(ValueError, match="make the batches smaller"):
+        await limits.acquire(EMBEDDINGS, tokens=11)
+
+
+async def test_a_wait_for_the_rate_limit_renews_the_lease_before_the_call(
+    make_pipeline: PipelineFactory, db: asyncpg.Connection
+) -> None:
+    # A lease of 1 s and a wait of about 0.8 s for the parser: without a renewal after the
+    # wait, the call would start with about 0.2 s of lease left.
+    limits = RateLimits({PARSER: ServiceRate(requests=1, window_seconds=0.8)})
+    pipeline = make_pipeline(
+        clock=SystemClock(),
+        config=replace(TEST_CONFIG, lease_seconds=1.0),
+        rate_limits=limits,
+    )
+    await pipeline.upload(db, user_id=ALICE, document=DOCUMENTS[0])
+    left_at_call: list[float] = []
+
+    async def at_call(worker: str, checkpoint: Checkpoint, job: ClaimedJob | None) -> None:
+        if checkpoint is Checkpoint.BEFORE_CALL and job is not None:
+            lease = await db.fetchval(
+                "SELECT lease_expires_at FROM upload_jobs WHERE job_id = $1", job.job_id
+            )
+            left_at_call.append((lease - pipeline.clock.now()).total_seconds())
+
+    async with pipeline.worker(name="w", checkpoints=at_call) as worker:
+        assert (await worker.run_once()).action is StepAction.ADVANCED  # validated
+        await limits.acquire(PARSER)  # the window is now full for 0.8 s
+        assert (await worker.run_once()).action is StepAction.ADVANCED  # submitted
+    assert left_at_call
+    assert left_at_call[0] > 0.6, left_at_call
