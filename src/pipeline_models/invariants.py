@@ -1124,7 +1124,7 @@ def check(
     >>> check(empty, Expectations({}, frozenset(), WorkerConfig()), names=["nope"])
     Traceback (most recent call last):
     ...
-    ValueError: unknown invariant 'nope'; the invariants are buffers, claims_skip_locks, cost, fencing, finalize, no_duplicates, no_loss, progress, retries, transitions (liveness runs at the drain: call liveness(snapshot, expectations))
+    ValueError: unknown invariant 'nope'; the invariants are buffers, claims_skip_locks, cost, fencing, finalize, leases_cover_calls, no_duplicates, no_loss, progress, retries, transitions (liveness runs at the drain: call liveness(snapshot, expectations))
     """  # noqa: E501
     selected = list(INVARIANTS) if names is None else list(names)
     for name in selected:
