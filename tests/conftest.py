@@ -13,6 +13,7 @@ from pipeline_models.clock import ManualClock
 from pipeline_models.database import Database
 from pipeline_models.pipeline.config import WorkerConfig
 from pipeline_models.pipeline.reference import ReferencePipeline
+from pipeline_models.settings import Settings
 
 # The suite is derandomized so that CI is repeatable; explore with a random seed with
 # `pytest --hypothesis-profile=explore`.
@@ -92,6 +93,14 @@ _LIVE_NEEDS = (
     ("PIPELINE_MAX_COST", "a spending cap in USD"),
 )
 _FAKE_HOSTS = ("127.0.0.1", "localhost", "[::1]", ".fake")
+
+
+def cluster_settings(database: Database, blobs: Path, **changes: Any) -> Settings:
+    """Settings for processes of a local cluster on the test database, blobs under
+    ``blobs``; ``changes`` are the test's own (a lease, keys, a spending cap)."""
+    return Settings(
+        database_url=database.url, schema=database.schema, storage_root=blobs, **changes
+    )
 
 
 def live_services_missing(environ: Mapping[str, str] | None = None) -> str | None:

@@ -25,8 +25,7 @@ from pipeline_models.pipeline.auth import TokenIssuer
 from pipeline_models.pipeline.budget import Budget
 from pipeline_models.pipeline.costs import PriceTable, Usage
 from pipeline_models.pipeline.reference import ReferencePipeline
-from pipeline_models.settings import Settings
-from tests.conftest import TEST_CONFIG, PipelineFactory
+from tests.conftest import TEST_CONFIG, PipelineFactory, cluster_settings
 
 ALICE = uuid.UUID(int=1)
 # Prices large enough that a handful of small documents costs dollars, not nanodollars.
@@ -127,12 +126,7 @@ def test_worker_processes_with_a_max_cost_hold_until_the_budget_command_raises_i
     clean_pipeline_database: Database, tmp_path: Path
 ) -> None:
     database = clean_pipeline_database
-    settings = Settings(
-        database_url=database.url,
-        schema=database.schema,
-        storage_root=tmp_path / "blobs",
-        max_cost_usd=Decimal(0),
-    )
+    settings = cluster_settings(database, tmp_path / "blobs", max_cost_usd=Decimal(0))
     tokens = TokenIssuer(settings.token_secret)
     headers = {"Authorization": f"Bearer {tokens.issue(ALICE)}"}
 

@@ -18,7 +18,7 @@ from pipeline_models.fakes import create_embeddings_app, openai_http_client
 from pipeline_models.pipeline.auth import TokenIssuer
 from pipeline_models.pipeline.services import EmbeddingsClient
 from pipeline_models.queries import QUERIES
-from pipeline_models.settings import Settings
+from tests.conftest import cluster_settings
 
 KEY = "sk-test-KNOWN-5c1f0e9a7d3b42e8a6f1"
 USER = uuid.UUID(int=7)
@@ -57,13 +57,7 @@ def test_no_api_key_appears_in_any_output_of_a_cluster_run(
     clean_pipeline_database: Database, tmp_path: Path
 ) -> None:
     database = clean_pipeline_database
-    settings = Settings(
-        database_url=database.url,
-        schema=database.schema,
-        storage_root=tmp_path / "blobs",
-        parser_key=KEY,
-        embeddings_key=KEY,
-    )
+    settings = cluster_settings(database, tmp_path / "blobs", parser_key=KEY, embeddings_key=KEY)
     outputs: dict[str, str] = {"settings repr": repr(settings)}
     tokens = TokenIssuer(settings.token_secret)
     documents = [markdown_document("# Secret\n\nNothing secret here.\n"), pdf_document(["one"])]

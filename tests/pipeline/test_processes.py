@@ -23,6 +23,7 @@ from pipeline_models.pipeline.config import WorkerConfig
 from pipeline_models.queries import QUERIES
 from pipeline_models.settings import Settings
 from pipeline_models.snapshot import take_snapshot
+from tests.conftest import cluster_settings
 
 USER = uuid.UUID(int=5)
 
@@ -63,12 +64,7 @@ def test_a_worker_process_killed_mid_run_loses_nothing(
     clean_pipeline_database: Database, tmp_path: Path
 ) -> None:
     database = clean_pipeline_database
-    settings = Settings(
-        database_url=database.url,
-        schema=database.schema,
-        storage_root=tmp_path / "blobs",
-        lease_seconds=2.0,
-    )
+    settings = cluster_settings(database, tmp_path / "blobs", lease_seconds=2.0)
     documents = [
         *sample_documents(6, seed=21, corrupt_ratio=0),
         large_markdown_document(300_000, seed=21),
