@@ -135,9 +135,15 @@ class PipelineMetrics:
 
 
 async def run_usage(connection: asyncpg.Connection) -> dict[str, Any]:
-    """Pages, tokens and cost of every job, summed (cost as an exact Decimal)."""
+    """Pages, tokens and cost of every billed call, summed (exact Decimals); the part of
+    the cost that is estimates (calls unanswered or uncounted) also on its own."""
     row = await connection.fetchrow(QUERIES["run_usage"].sql)
-    return {"pages": row["pages"], "tokens": row["tokens"], "cost_usd": Decimal(row["cost_usd"])}
+    return {
+        "pages": row["pages"],
+        "tokens": row["tokens"],
+        "cost_usd": Decimal(row["cost_usd"]),
+        "cost_unconfirmed_usd": Decimal(row["cost_unconfirmed_usd"]),
+    }
 
 
 def serve_metrics(metrics: PipelineMetrics, *, host: str = "127.0.0.1", port: int = 0) -> int:

@@ -122,11 +122,6 @@ upload_jobs = Table(
     # Why a queued job is not claimable (the claim skips it): 'budget' until an operator
     # raises the spending cap. NULL for every job when no cap is configured.
     Column("held_for", Text),
-    # What the job's billed calls cost, as the services reported their usage; money is
-    # exact (numeric, Decimal in Python), never a float.
-    Column("pages_billed", Integer, nullable=False, server_default="0"),
-    Column("tokens_billed", BigInteger, nullable=False, server_default="0"),
-    Column("cost_usd", Numeric, nullable=False, server_default="0"),
     CheckConstraint(_one_of("stage", (s.value for s in STAGES)), "upload_jobs_stage"),
     CheckConstraint(_one_of("state", (s.value for s in State)), "upload_jobs_state"),
     CheckConstraint(
@@ -152,10 +147,6 @@ upload_jobs = Table(
         f"held_for IS NULL OR (held_for = '{BUDGET_HOLD}' AND state = 'queued' AND "
         f"{_one_of('stage', sorted(s.value for s in BILLED_STAGES))})",
         "upload_jobs_held_only_while_queued_at_a_billed_stage",
-    ),
-    CheckConstraint(
-        "pages_billed >= 0 AND tokens_billed >= 0 AND cost_usd >= 0",
-        "upload_jobs_usage_not_negative",
     ),
 )
 
@@ -273,8 +264,61 @@ spending_budget = Table(
     ),
 )
 
+# Every billed call to an external service, written before the request is sent and
+# settled when its answer (or its loss) is known: the money a run spent, call by call.
+# A call's money is spent whether or not its step commits, so these rows are written
+# outside the step's transaction and a job's cost is the sum of its calls.
+BILLED_CALL_OUTCOMES = {
+    "in_flight": "reserved before the request; no answer yet",
+    "billed": "answered; cost is what the service reported",
+    "counting": "the parser took the document; it bills pages it has not counted yet, "
+    "so cost is the estimate until the pages are known",
+    "not_billed": "refused with an HTTP error status, or never sent: cost 0",
+    "unconfirmed": "no usable answer (a crash, a timeout, a garbled body): it may have "
+    "been billed, so cost is the estimate; a late answer corrects it",
+}
+billed_calls = Table(
+    "billed_calls",
+    metadata,
+    Column("call_id", BigInteger, Identity(always=True), primary_key=True),
+    Column(
+        "job_id",
+        UUID(as_uuid=True),
+        ForeignKey("upload_jobs.job_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("service", Text, nullable=False),
+    # The worker that made the call: while it is in flight, the job's owner.
+    Column("caller", Text, nullable=False),
+    # The budget the estimate was reserved from; NULL when no cap was set.
+    Column("budget_id", Text, ForeignKey("spending_budget.budget_id"), nullable=True),
+    Column("outcome", Text, nullable=False, server_default="in_flight"),
+    Column("estimated_usd", Numeric, nullable=False),
+    Column("pages", Integer, nullable=False, server_default="0"),
+    Column("tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cost_usd", Numeric),
+    # The service's own id for the work (the parser job), to true up a parse's pages.
+    Column("reference", Text),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("settled_at", DateTime(timezone=True)),
+    CheckConstraint(_one_of("outcome", BILLED_CALL_OUTCOMES), "billed_calls_outcome"),
+    CheckConstraint("(outcome = 'in_flight') = (cost_usd IS NULL)", "billed_calls_settled_cost"),
+    CheckConstraint(
+        "estimated_usd >= 0 AND pages >= 0 AND tokens >= 0 AND cost_usd >= 0",
+        "billed_calls_not_negative",
+    ),
+)
+# The claim and the release settle a job's calls left in flight: usually none.
+Index(
+    "billed_calls_in_flight",
+    billed_calls.c.job_id,
+    postgresql_where=text("outcome = 'in_flight'"),
+)
+Index("billed_calls_by_job", billed_calls.c.job_id, billed_calls.c.call_id)
+
 # Children before parents: the order DELETE-based reset must follow.
 TABLES_CHILDREN_FIRST: tuple[Table, ...] = (
+    billed_calls,
     spending_budget,
     events,
     document_chunks,
@@ -306,8 +350,10 @@ def schema_fingerprint() -> str:
 
 
 __all__ = [
+    "BILLED_CALL_OUTCOMES",
     "DEFAULT_SCHEMA",
     "TABLES_CHILDREN_FIRST",
+    "billed_calls",
     "ddl_statements",
     "document_chunk_buffer",
     "document_chunks",

@@ -83,7 +83,7 @@ async def test_a_budget_smaller_than_the_work_holds_the_rest_and_finishes_them_w
     await pipeline.run_workers(4, timeout=60)
 
     assert await states(db) == [("done", None)] * len(DOCUMENTS)
-    total = await db.fetchval("SELECT sum(cost_usd) FROM upload_jobs")
+    total = await db.fetchval("SELECT sum(cost_usd) FROM billed_calls")
     final = await budget.state(db)
     assert final is not None
     # To the cent, and in fact exactly: Decimal all the way, numeric in Postgres.
@@ -102,7 +102,7 @@ async def test_without_a_budget_no_job_is_ever_held(
     assert await states(db) == [("done", None)] * len(DOCUMENTS)
     assert await db.fetchval("SELECT count(*) FROM spending_budget") == 0
     # The cost is tracked all the same.
-    total = await db.fetchval("SELECT sum(cost_usd) FROM upload_jobs")
+    total = await db.fetchval("SELECT sum(cost_usd) FROM billed_calls")
     assert total == billed_by_fakes(pipeline) > 0
 
 

@@ -41,7 +41,12 @@ async def test_an_operator_raises_the_budget_and_the_held_job_finishes(
         alice = {"Authorization": f"Bearer {tokens.issue(ALICE)}"}
         status = (await client.get(f"/jobs/{upload.job_id}", headers=alice)).json()
         assert (status["state"], status["held_for"]) == ("queued", "budget")
-        assert status["cost"] == {"pages_billed": 0, "tokens_billed": 0, "cost_usd": "0"}
+        assert status["cost"] == {
+            "pages_billed": 0,
+            "tokens_billed": 0,
+            "cost_usd": "0",
+            "cost_unconfirmed_usd": "0",
+        }
         health = (await client.get("/health")).json()
         assert health["held"] == {"job_validated": 1}
         assert health["budget"]["limit_usd"] == "0"

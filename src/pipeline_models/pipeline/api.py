@@ -37,7 +37,8 @@ from pipeline_models.lifecycle import Stage, State
 from pipeline_models.metrics import CONTENT_TYPE, PipelineMetrics, run_usage
 from pipeline_models.pipeline.auth import AuthenticationError, TokenIssuer
 from pipeline_models.pipeline.budget import Budget
-from pipeline_models.pipeline.costs import Usage, parse_correction
+from pipeline_models.pipeline.costs import Usage
+from pipeline_models.pipeline.ledger import Ledger
 from pipeline_models.pipeline.reference import ReferencePipeline
 from pipeline_models.pipeline.retry import describe
 from pipeline_models.pipeline.storage import parsed_key
@@ -96,6 +97,10 @@ class JobCost(BaseModel):
     pages_billed: int
     tokens_billed: int
     cost_usd: str = Field(description="Exact decimal, as a string")
+    cost_unconfirmed_usd: str = Field(
+        description="The part of cost_usd that is estimates: calls in flight, parses whose "
+        "pages are not counted yet, calls whose answer was lost (they may have been billed)"
+    )
 
 
 class JobStatus(BaseModel):
@@ -394,6 +399,9 @@ def create_api(pipeline: ReferencePipeline, settings: ApiSettings) -> FastAPI:
                 pages = await parser.result_pages(notice.job_id)
             except ServiceError as error:
                 raise HTTPException(503, f"could not fetch the parse result: {error}") from None
+            # The pages were billed whatever becomes of this delivery: the parser's call
+            # is counted now (once: a duplicate finds it counted).
+            await _count_parse(runtime.pipeline, connection, job, notice.job_id, pages, now)
             async with connection.transaction():
                 moved = await connection.fetchval(
                     QUERIES["webhook_advance"].sql, job["job_id"], now
@@ -403,7 +411,6 @@ def create_api(pipeline: ReferencePipeline, settings: ApiSettings) -> FastAPI:
                 await connection.execute(
                     QUERIES["set_parsed_blob"].sql, job["document_id"], key, pages, now
                 )
-                await _charge_parse(runtime.pipeline, connection, job, pages, now)
                 await _event(connection, job, "webhook_accepted", now, {"parser": notice.job_id})
         return _webhook_result("accepted")
 
@@ -504,29 +511,25 @@ def _job_status(row: asyncpg.Record) -> JobStatus:
             pages_billed=row["pages_billed"],
             tokens_billed=row["tokens_billed"],
             cost_usd=str(row["cost_usd"]),
+            cost_unconfirmed_usd=str(row["cost_unconfirmed_usd"]),
         ),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
 
 
-async def _charge_parse(
+async def _count_parse(
     pipeline: ReferencePipeline,
     connection: asyncpg.Connection,
     job: asyncpg.Record,
+    parser_job_id: str,
     pages: int,
     now: datetime,
 ) -> None:
-    """The webhook's half of what ``collect_parse`` does when it polls: the job's pages
-    and cost, and the budget trued up from the estimate the upload's call reserved."""
-    config = pipeline.config
-    cost = config.prices.price(Usage(pages=pages))
-    await connection.execute(QUERIES["add_job_usage"].sql, job["job_id"], pages, 0, cost)
-    if pipeline.budget is not None:
-        correction = parse_correction(config.prices, pages=pages, size_bytes=job["size_bytes"])
-        await pipeline.budget.settle(
-            connection, reserved_usd=Decimal(0), spent_usd=correction, now=now
-        )
+    """The webhook's half of what ``collect_parse`` does when it polls: the parse's call
+    in the ledger billed at the pages counted (and the budget moved from its estimate)."""
+    cost = pipeline.config.prices.price(Usage(pages=pages))
+    await Ledger().count_parse(connection, job["job_id"], parser_job_id, pages, cost, now)
 
 
 async def _event(

@@ -1,20 +1,20 @@
 """The spending budget: a cap on what a run may spend on external services, in Postgres.
 
 One row of ``spending_budget`` holds the limit, what was spent and what is reserved, so
-every worker of a deployment shares it. Before a billed call a worker reserves the call's
-estimated cost in one atomic UPDATE that succeeds only if it fits under the limit; after
-the call it settles (drops the reservation, adds what the service billed). A worker whose
+every worker of a deployment shares it. The ledger of billed calls
+(:mod:`pipeline_models.pipeline.ledger`) moves those sums: a call's estimate is reserved,
+atomically and only if it fits under the limit, in the statement that records the call,
+and moved to spent when the call is settled (by its worker, or by the claim that takes
+over a job whose worker died mid-call). So ``reserved_usd`` is always the estimates of
+the calls in flight and ``spent_usd`` what the settled calls cost. A worker whose
 reservation fails holds the job (``held_for = 'budget'``: queued, skipped by the claim,
 not failed and not lost) and raising the limit releases every held job.
-
-Without a budget (no ``--max-cost``) the worker makes no budget query at all.
 
 Example::
 
     budget = Budget()
     await budget.set_limit(connection, Decimal("0.50"), now)
-    if await budget.reserve(connection, Decimal("0.01"), now):
-        ...
+    await budget.state(connection)
 """
 
 from __future__ import annotations
@@ -101,28 +101,6 @@ class Budget:
         if row is None:
             return None
         return BudgetState(row["limit_usd"], row["spent_usd"], row["reserved_usd"])
-
-    async def reserve(
-        self, connection: asyncpg.Connection, amount_usd: Decimal, now: datetime
-    ) -> bool:
-        """Reserve ``amount_usd`` if it fits under the limit (atomically); False if not."""
-        row = await connection.fetchrow(
-            self.queries["reserve_budget"].sql, self.budget_id, amount_usd, now
-        )
-        return row is not None
-
-    async def settle(
-        self,
-        connection: asyncpg.Connection,
-        *,
-        reserved_usd: Decimal,
-        spent_usd: Decimal,
-        now: datetime,
-    ) -> None:
-        """A call is over: drop its reservation, add what it cost."""
-        await connection.execute(
-            self.queries["settle_budget"].sql, self.budget_id, reserved_usd, spent_usd, now
-        )
 
 
 __all__ = ["DEFAULT_BUDGET_ID", "Budget", "BudgetState"]

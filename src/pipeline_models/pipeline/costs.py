@@ -2,9 +2,10 @@
 
 The parser bills per page, the embeddings service per token. One function,
 :meth:`PriceTable.price`, turns a call's usage into money; the budget reserves with it
-(on an estimate before the call) and settles with it (on the usage the service reported),
-and the job's ``cost_usd`` is the sum of it. Money is :class:`~decimal.Decimal`, never a
-float: a million calls of $0.00000002 must add up to the cent.
+(on an estimate before the call) and the ledger settles each call with it (on the usage
+the service reported); a job's cost is the sum over its calls. Money is
+:class:`~decimal.Decimal`, never a float: a million calls of $0.00000002 must add up to
+the cent.
 
 >>> prices = PriceTable.default()
 >>> prices.price(Usage(tokens=1_000_000), embed_model="text-embedding-3-small")
@@ -114,12 +115,6 @@ class PriceTable:
         return cost
 
 
-def parse_correction(prices: PriceTable, *, pages: int, size_bytes: int) -> Decimal:
-    """What to add to a budget's spend once the parser has counted ``pages``: the upload
-    was settled at the estimate for ``size_bytes`` (negative when it overestimated)."""
-    return prices.price(Usage(pages=pages)) - prices.price(Usage(pages=estimate_pages(size_bytes)))
-
-
 def estimate_pages(size_bytes: int) -> int:
     """The pages a parse of ``size_bytes`` may bill, at least one (an overestimate)."""
     return max(1, math.ceil(size_bytes / ESTIMATE_BYTES_PER_PAGE))
@@ -152,5 +147,4 @@ __all__ = [
     "Usage",
     "estimate_pages",
     "estimate_tokens",
-    "parse_correction",
 ]

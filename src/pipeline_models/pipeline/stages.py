@@ -17,6 +17,7 @@ from pipeline_models.errors import DocumentRejectedError, InconsistentStateError
 from pipeline_models.lifecycle import Stage
 from pipeline_models.pipeline.costs import Usage, estimate_pages, estimate_tokens
 from pipeline_models.pipeline.identity import chunk_id, vector_sha
+from pipeline_models.pipeline.ledger import COUNTING, Charge
 from pipeline_models.pipeline.services import EMBEDDINGS, PARSER
 from pipeline_models.pipeline.storage import parsed_key
 from pipeline_models.pipeline.uploads import SNIFF_BYTES, detect_type
@@ -58,15 +59,15 @@ async def validate_upload(step: Step) -> StepResult:
 async def submit_to_parser(step: Step) -> StepResult:
     """job_validated -> parsing: hand the file to the parser and record its job id."""
     job = step.job
-    # The parser bills its pages at upload but counts them later: the budget takes the
-    # estimate now and is trued up when the pages are known (collect_parse).
+    # The parser bills its pages at upload but counts them later: the call stands at the
+    # estimate until a poll (collect_parse) or the webhook learns the pages.
     estimate = Usage(pages=estimate_pages(job.size_bytes))
     with step.storage.open(job.raw_blob_key) as content:
         parser_job_id = await step.call(
             PARSER,
             lambda: step.services.parser.submit(job.filename, content, job.declared_type),
             estimate=estimate,
-            billed=lambda _: estimate,
+            billed=lambda parser_job: Charge(estimate, outcome=COUNTING, reference=parser_job),
         )
     async with step.commit() as connection:
         await connection.execute(
@@ -87,6 +88,8 @@ async def collect_parse(step: Step) -> StepResult:
     parser_job_id = job.parser_job_id
     status = await step.call(PARSER, lambda: step.services.parser.status(parser_job_id))
     if status.status == "ERROR":
+        # A parse that failed bills no pages (as the fake parser does; check your plan).
+        await step.count_parse(parser_job_id, 0)
         raise DocumentRejectedError(f"the parser could not parse the file: {status.error}")
     if status.pending:
         async with step.commit() as connection:
@@ -106,12 +109,11 @@ async def collect_parse(step: Step) -> StepResult:
     pages = status.pages
     if pages is None:
         pages = await step.call(PARSER, lambda: step.services.parser.result_pages(parser_job_id))
+    cost = await step.count_parse(parser_job_id, pages)
     async with step.commit() as connection:
         await connection.execute(
             step.queries["set_parsed_blob"].sql, job.document_id, key, pages, step.now()
         )
-        cost = await step.charge(connection, Usage(pages=pages))
-        await step.true_up_parse(connection, pages)
         return await step.advance(connection, parsed_bytes=size, pages=pages, cost=str(cost))
 
 
@@ -252,7 +254,7 @@ async def embed_batch(step: Step) -> StepResult:
         EMBEDDINGS,
         lambda: step.services.embeddings.embed(texts, user=str(job.document_id)),
         estimate=Usage(tokens=estimate_tokens(texts)),
-        billed=lambda answer: Usage(tokens=answer.tokens),
+        billed=lambda answer: Charge(Usage(tokens=answer.tokens)),
     )
     done = job.embeddings_done + len(rows)
     async with step.commit() as connection:
@@ -273,7 +275,6 @@ async def embed_batch(step: Step) -> StepResult:
             ],
         )
         await connection.execute(step.queries["set_embedding_progress"].sql, job.job_id, done, now)
-        await step.charge(connection, Usage(tokens=embeddings.tokens))
         if done >= total:
             return await step.advance(
                 connection, vectors=len(rows), embeddings_done=done, tokens=embeddings.tokens

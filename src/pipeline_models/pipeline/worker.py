@@ -41,6 +41,7 @@ from pipeline_models.clock import Clock, SystemClock
 from pipeline_models.database import Database
 from pipeline_models.errors import (
     BudgetExhaustedError,
+    CircuitOpenError,
     DatabaseConfigurationError,
     DatabaseUnavailableError,
     LeaseLostError,
@@ -52,7 +53,8 @@ from pipeline_models.pipeline.budget import Budget
 from pipeline_models.pipeline.checkpoints import Checkpoint, CheckpointHook
 from pipeline_models.pipeline.circuit import CircuitBreaker
 from pipeline_models.pipeline.config import WorkerConfig
-from pipeline_models.pipeline.costs import Usage, parse_correction
+from pipeline_models.pipeline.costs import Usage
+from pipeline_models.pipeline.ledger import NOT_BILLED, UNCONFIRMED, Charge, Ledger
 from pipeline_models.pipeline.ratelimit import RateLimits
 from pipeline_models.pipeline.retry import Failure, FailureKind, classify, describe
 from pipeline_models.pipeline.services import EMBEDDINGS, PARSER, Services
@@ -184,21 +186,25 @@ class Step:
         operation: Callable[[], Awaitable[T]],
         *,
         estimate: Usage | None = None,
-        billed: Callable[[T], Usage] | None = None,
+        billed: Callable[[T], Charge] | None = None,
     ) -> T:
         """Call an external service through its circuit breaker, renewing the lease meanwhile.
 
-        A billed call gives its ``estimate`` (reserved from the budget, and counted by the
-        rate limits, before the call) and ``billed`` (its usage from the answer, settled
-        after). If the budget cannot cover the estimate, :class:`BudgetExhaustedError` is
-        raised and no request is sent. ``after_call`` is awaited whether the call
-        succeeded or failed (a failed call may still have had its effect), but not when
-        the step itself is being cancelled.
+        A billed call gives its ``estimate`` and ``billed``, what its answer says it cost.
+        Before the request, the call is recorded in the ledger with its estimate, which
+        is reserved from the budget (and counted by the rate limits); if the budget cannot
+        cover it, :class:`BudgetExhaustedError` is raised and no request is sent. After
+        it, the call is settled: at ``billed(answer)``; at nothing when the service
+        refused it with an error status or it was never sent; at the estimate when the
+        answer was lost or garbled (the service may have billed it). A step cancelled
+        mid-call settles nothing: the claim that takes the job over settles it.
+        ``after_call`` is awaited whether the call succeeded or failed (a failed call may
+        still have had its effect), but not when the step itself is being cancelled.
         """
         if self.config.renew_leases:
             await self.renew_lease()
         breaker = self.worker.breakers[service]
-        reserved = await self._reserve(service, estimate)
+        opened = await self._open_call(service, estimate)
         try:
             breaker.before_call()
             waited = await self.worker.rate_limits.acquire(
@@ -213,64 +219,72 @@ class Step:
             self._count_call(service, "transient" if error.transient else "permanent")
             if error.retry_after:
                 self.worker.rate_limits.pause(service, error.retry_after)
-            await self._settle(reserved, Decimal(0))
+            # An error status is the service refusing the request, unbilled; a circuit
+            # that was open sent nothing. Anything else may have been billed.
+            refused = error.status is not None or isinstance(error, CircuitOpenError)
+            await self._settle(opened, None if refused else estimate)
             raise
         except Exception:
             self._count_call(service, "error")
-            await self._settle(reserved, Decimal(0))
+            await self._settle(opened, estimate)
             raise
         self._count_call(service, "ok")
         if billed is not None:
-            await self._settle(reserved, self.price(billed(result)))
+            await self._settle(opened, billed(result))
         return result
 
     def _count_call(self, service: str, outcome: str) -> None:
         if self.worker.metrics is not None:
             self.worker.metrics.external_calls.labels(service=service, outcome=outcome).inc()
 
-    async def _reserve(self, service: str, estimate: Usage | None) -> Decimal | None:
-        budget = self.worker.budget
-        if budget is None or estimate is None:
+    async def _open_call(self, service: str, estimate: Usage | None) -> tuple[int, Usage] | None:
+        """Record a billed call in the ledger, reserving its estimate; None if not billed."""
+        if estimate is None:
             return None
-        amount = self.price(estimate)
         async with self.worker.connection_lock:
-            fits = await budget.reserve(self.worker.db, amount, self.now())
-        if not fits:
-            raise BudgetExhaustedError(
-                f"the budget cannot cover the next {service} call of {self.job.job_id} "
-                f"(estimated {amount} USD): raise it with 'pipeline-models budget --max-cost'"
+            call_id = await self.worker.ledger.open(
+                self.worker.db,
+                self.job.job_id,
+                self.worker.name,
+                service,
+                self.price(estimate),
+                self.now(),
             )
-        return amount
+        return call_id, estimate
 
-    async def _settle(self, reserved: Decimal | None, spent: Decimal) -> None:
-        budget = self.worker.budget
-        if budget is None or reserved is None:
+    async def _settle(
+        self, opened: tuple[int, Usage] | None, charge: Charge | Usage | None
+    ) -> None:
+        """Settle an opened call: at ``charge``, at the estimate it was opened with when
+        ``charge`` is that estimate (``unconfirmed``), at nothing when None."""
+        if opened is None:
             return
+        call_id, estimate = opened
+        if charge is None:
+            charge = Charge(Usage(), outcome=NOT_BILLED)
+        elif isinstance(charge, Usage):
+            charge = Charge(estimate, outcome=UNCONFIRMED)
         async with self.worker.connection_lock:
-            await budget.settle(
-                self.worker.db, reserved_usd=reserved, spent_usd=spent, now=self.now()
+            await self.worker.ledger.settle(
+                self.worker.db,
+                call_id,
+                charge.outcome,
+                self.price(charge.usage),
+                self.now(),
+                usage=charge.usage,
+                reference=charge.reference,
             )
 
-    async def charge(self, connection: asyncpg.Connection, usage: Usage) -> Decimal:
-        """Add ``usage`` and its cost to the job (call inside :meth:`commit`)."""
-        cost = self.price(usage)
-        await connection.execute(
-            self.queries["add_job_usage"].sql, self.job.job_id, usage.pages, usage.tokens, cost
-        )
+    async def count_parse(self, parser_job_id: str, pages: int) -> Decimal:
+        """The parser counted ``pages`` for ``parser_job_id``: bill its call at them (at
+        once, not with the step: the parser billed them whether or not the step commits).
+        What the pages cost."""
+        cost = self.price(Usage(pages=pages))
+        async with self.worker.connection_lock:
+            await self.worker.ledger.count_parse(
+                self.worker.db, self.job.job_id, parser_job_id, pages, cost, self.now()
+            )
         return cost
-
-    async def true_up_parse(self, connection: asyncpg.Connection, pages: int) -> None:
-        """The parser counted ``pages``: correct the budget's spend from the estimate it
-        took at upload (call inside :meth:`commit`, so a rolled-back step corrects nothing)."""
-        budget = self.worker.budget
-        if budget is None:
-            return
-        correction = parse_correction(
-            self.config.prices, pages=pages, size_bytes=self.job.size_bytes
-        )
-        await budget.settle(
-            connection, reserved_usd=Decimal(0), spent_usd=correction, now=self.now()
-        )
 
     async def _call(
         self, service: str, breaker: CircuitBreaker, operation: Callable[[], Awaitable[T]]
@@ -484,7 +498,7 @@ class BaseWorker:
         self.stages = dict(stages or STAGE_HANDLERS)
         self.checkpoints = checkpoints
         self.breakers = dict(breakers or default_breakers(self.clock, self.config))
-        # None: no spending cap, and no budget query is ever made.
+        # None: no spending cap (billed calls are still recorded in the ledger).
         self.budget = budget
         self.rate_limits = rate_limits or RateLimits()
         self.metrics = metrics
@@ -495,6 +509,12 @@ class BaseWorker:
         # True while the claim query runs: a claim must never wait on a row lock (the
         # scheduler reads this when it finds the worker waiting).
         self.claiming = False
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger of billed calls, reserving from this worker's budget (if any)."""
+        budget_id = self.budget.budget_id if self.budget is not None else None
+        return Ledger(budget_id=budget_id, queries=self.queries)
 
     @property
     def db(self) -> asyncpg.Connection:

@@ -36,6 +36,24 @@ candidate AS (
     UNION ALL
     SELECT * FROM due
     LIMIT 1
+),
+-- A reclaimed job's calls still in flight died with their worker: they may have been
+-- billed, so they are settled at their estimates, and their reservations end here.
+orphaned AS (
+    UPDATE billed_calls AS call
+    SET outcome = 'unconfirmed', cost_usd = call.estimated_usd, settled_at = $2
+    FROM candidate
+    WHERE call.job_id = candidate.job_id AND candidate.previous_state = 'working'
+      AND call.outcome = 'in_flight'
+    RETURNING call.budget_id, call.estimated_usd
+),
+orphans_settled AS (
+    UPDATE spending_budget AS budget
+    SET reserved_usd = budget.reserved_usd - orphans.amount,
+        spent_usd = budget.spent_usd + orphans.amount, updated_at = $2
+    FROM (SELECT budget_id, sum(estimated_usd) AS amount FROM orphaned GROUP BY budget_id)
+        AS orphans
+    WHERE budget.budget_id = orphans.budget_id
 )
 UPDATE upload_jobs AS job
 SET state = CASE WHEN candidate.exhausted THEN 'deadletter' ELSE 'working' END,
@@ -337,10 +355,19 @@ GROUP BY stage;
 -- $1 job_id uuid, $2 user_id uuid
 SELECT job.job_id, job.document_id, document.filename, job.stage, job.state,
        job.held_for, job.retry_count, job.last_error, job.chunks_total, job.chunks_done,
-       job.embeddings_done, job.pages_billed, job.tokens_billed, job.cost_usd,
-       job.created_at, job.updated_at
+       job.embeddings_done, usage.pages_billed, usage.tokens_billed, usage.cost_usd,
+       usage.cost_unconfirmed_usd, job.created_at, job.updated_at
 FROM upload_jobs AS job
 JOIN documents AS document ON document.document_id = job.document_id
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(pages), 0)::int AS pages_billed,
+           coalesce(sum(tokens), 0)::bigint AS tokens_billed,
+           coalesce(sum(coalesce(cost_usd, estimated_usd)), 0)::numeric AS cost_usd,
+           coalesce(sum(coalesce(cost_usd, estimated_usd))
+               FILTER (WHERE outcome IN ('in_flight', 'counting', 'unconfirmed')), 0)::numeric
+               AS cost_unconfirmed_usd
+    FROM billed_calls WHERE billed_calls.job_id = job.job_id
+) AS usage
 WHERE job.job_id = $1 AND job.user_id = $2;
 
 
@@ -386,12 +413,29 @@ RETURNING job_id;
 
 -- name: release_job
 -- A stopping worker gives back a job it still holds: same stage, due now, nothing
--- counted. An expired lease is left for a reclaim, which counts the attempt.
+-- counted. An expired lease is left for a reclaim, which counts the attempt. A call the
+-- stop cut short may have been billed: it is settled at its estimate, as a reclaim does.
 -- $1 job_id uuid, $2 owner text, $3 now timestamptz
-UPDATE upload_jobs
-SET state = 'queued', owner = NULL, lease_expires_at = NULL, next_attempt_at = $3,
-    updated_at = $3
-WHERE job_id = $1 AND owner = $2 AND state = 'working' AND lease_expires_at > $3;
+WITH released AS (
+    UPDATE upload_jobs
+    SET state = 'queued', owner = NULL, lease_expires_at = NULL, next_attempt_at = $3,
+        updated_at = $3
+    WHERE job_id = $1 AND owner = $2 AND state = 'working' AND lease_expires_at > $3
+    RETURNING job_id
+),
+orphaned AS (
+    UPDATE billed_calls AS call
+    SET outcome = 'unconfirmed', cost_usd = call.estimated_usd, settled_at = $3
+    FROM released
+    WHERE call.job_id = released.job_id AND call.outcome = 'in_flight'
+    RETURNING call.budget_id, call.estimated_usd
+)
+UPDATE spending_budget AS budget
+SET reserved_usd = budget.reserved_usd - orphans.amount,
+    spent_usd = budget.spent_usd + orphans.amount, updated_at = $3
+FROM (SELECT budget_id, sum(estimated_usd) AS amount FROM orphaned GROUP BY budget_id)
+    AS orphans
+WHERE budget.budget_id = orphans.budget_id;
 
 
 -- name: hold_job
@@ -413,21 +457,16 @@ SET held_for = NULL, next_attempt_at = $2, updated_at = $2
 WHERE held_for = $1 AND state = 'queued';
 
 
--- name: add_job_usage
--- What one billed call cost, added to the job in the transaction that commits its result.
--- $1 job_id uuid, $2 pages int, $3 tokens bigint, $4 cost_usd numeric
-UPDATE upload_jobs
-SET pages_billed = pages_billed + $2, tokens_billed = tokens_billed + $3,
-    cost_usd = cost_usd + $4
-WHERE job_id = $1;
-
-
 -- name: run_usage
--- The usage and cost of every job, summed.
-SELECT coalesce(sum(pages_billed), 0)::bigint AS pages,
-       coalesce(sum(tokens_billed), 0)::bigint AS tokens,
-       coalesce(sum(cost_usd), 0)::numeric AS cost_usd
-FROM upload_jobs;
+-- What every billed call cost, summed: estimates stand in for calls not yet answered or
+-- never confirmed, and are also given on their own.
+SELECT coalesce(sum(pages), 0)::bigint AS pages,
+       coalesce(sum(tokens), 0)::bigint AS tokens,
+       coalesce(sum(coalesce(cost_usd, estimated_usd)), 0)::numeric AS cost_usd,
+       coalesce(sum(coalesce(cost_usd, estimated_usd))
+           FILTER (WHERE outcome IN ('in_flight', 'counting', 'unconfirmed')), 0)::numeric
+           AS cost_unconfirmed_usd
+FROM billed_calls;
 
 
 -- name: create_budget
@@ -448,24 +487,99 @@ ON CONFLICT (budget_id) DO UPDATE SET limit_usd = excluded.limit_usd, updated_at
 RETURNING limit_usd, spent_usd, reserved_usd;
 
 
--- name: reserve_budget
--- Reserve a call's estimated cost, atomically, only if it fits under the limit. No row
--- back: it does not fit (or there is no such budget), and the call must not be made.
--- $1 budget_id text, $2 amount numeric, $3 now timestamptz
-UPDATE spending_budget
-SET reserved_usd = reserved_usd + $2, updated_at = $3
-WHERE budget_id = $1 AND spent_usd + reserved_usd + $2 <= limit_usd
-RETURNING spent_usd, reserved_usd;
+-- name: open_call
+-- Before a billed call: record it, and reserve its estimate from the budget in the same
+-- statement. The call is recorded only if this worker holds the job with a live lease
+-- (FOR SHARE: a reclaim cannot slip between this check and the insert), and, when the
+-- budget exists, only if the estimate fits under its limit. A budget that does not exist
+-- caps nothing. owned false: the lease is lost; call_id NULL with owned true: the budget
+-- cannot cover the call. Either way nothing was reserved and the call must not be made.
+-- $1 job_id uuid, $2 caller text, $3 now timestamptz, $4 service text,
+-- $5 estimated_usd numeric, $6 budget_id text (NULL: no cap configured)
+WITH held AS (
+    SELECT job_id FROM upload_jobs
+    WHERE job_id = $1 AND owner = $2 AND state = 'working' AND lease_expires_at > $3
+    FOR SHARE
+),
+reserved AS (
+    UPDATE spending_budget
+    SET reserved_usd = reserved_usd + $5, updated_at = $3
+    WHERE budget_id = $6 AND EXISTS (SELECT 1 FROM held)
+      AND spent_usd + reserved_usd + $5 <= limit_usd
+    RETURNING budget_id
+),
+capped AS (
+    SELECT EXISTS (SELECT 1 FROM spending_budget WHERE budget_id = $6) AS capped
+),
+opened AS (
+    INSERT INTO billed_calls (job_id, service, caller, budget_id, estimated_usd, started_at)
+    SELECT $1, $4, $2, (SELECT budget_id FROM reserved), $5, $3
+    FROM held, capped
+    WHERE NOT capped.capped OR EXISTS (SELECT 1 FROM reserved)
+    RETURNING call_id
+)
+SELECT EXISTS (SELECT 1 FROM held) AS owned, (SELECT call_id FROM opened) AS call_id;
 
 
--- name: settle_budget
--- A call is over: drop its reservation and add what it really cost (0 if it failed
--- before the service billed it).
--- $1 budget_id text, $2 reserved numeric, $3 spent numeric, $4 now timestamptz
-UPDATE spending_budget
-SET reserved_usd = greatest(reserved_usd - $2, 0), spent_usd = spent_usd + $3,
-    updated_at = $4
-WHERE budget_id = $1;
+-- name: settle_call
+-- A call's answer (or its loss) is known: record what it cost, end its reservation, and
+-- move the budget's spend by the difference. A call a reclaim already settled at its
+-- estimate ('unconfirmed') is corrected by its late answer. No row back: the call was
+-- settled for good already, and nothing changes.
+-- $1 call_id bigint, $2 outcome text, $3 pages int, $4 tokens bigint, $5 cost_usd numeric,
+-- $6 now timestamptz, $7 reference text (NULL: keep)
+WITH previous AS (
+    SELECT call_id, budget_id, outcome, estimated_usd, coalesce(cost_usd, 0) AS cost_before
+    FROM billed_calls
+    WHERE call_id = $1 AND outcome IN ('in_flight', 'unconfirmed')
+    FOR UPDATE
+),
+settled AS (
+    UPDATE billed_calls AS call
+    SET outcome = $2, pages = $3, tokens = $4, cost_usd = $5, settled_at = $6,
+        reference = coalesce($7, call.reference)
+    FROM previous
+    WHERE call.call_id = previous.call_id
+    RETURNING call.call_id
+),
+budget AS (
+    UPDATE spending_budget AS budget
+    SET reserved_usd = budget.reserved_usd
+            - CASE WHEN previous.outcome = 'in_flight' THEN previous.estimated_usd ELSE 0 END,
+        spent_usd = budget.spent_usd + $5 - previous.cost_before, updated_at = $6
+    FROM previous
+    WHERE budget.budget_id = previous.budget_id
+)
+SELECT call_id FROM settled;
+
+
+-- name: count_parse
+-- The parser has counted the pages of its job $2: its call is billed at those pages now
+-- (the budget's spend moves from the estimate to the real cost). Written when the pages
+-- are learned, not with the step: the parser billed them whether or not the step commits.
+-- No row back: no call of this job awaits a count for that parser job.
+-- $1 job_id uuid, $2 reference text (the parser job id), $3 pages int, $4 cost_usd numeric,
+-- $5 now timestamptz
+WITH previous AS (
+    SELECT call_id, budget_id, cost_usd AS cost_before
+    FROM billed_calls
+    WHERE job_id = $1 AND service = 'parser' AND reference = $2 AND outcome = 'counting'
+    FOR UPDATE
+),
+counted AS (
+    UPDATE billed_calls AS call
+    SET outcome = 'billed', pages = $3, cost_usd = $4, settled_at = $5
+    FROM previous
+    WHERE call.call_id = previous.call_id
+    RETURNING call.call_id
+),
+budget AS (
+    UPDATE spending_budget AS budget
+    SET spent_usd = budget.spent_usd + $4 - previous.cost_before, updated_at = $5
+    FROM previous
+    WHERE budget.budget_id = previous.budget_id
+)
+SELECT call_id FROM counted;
 
 
 -- name: read_budget
