@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -41,11 +42,14 @@ from pipeline_models.lifecycle import Stage, State
 from pipeline_models.model import ExpectedOutcome, expected_outcome
 from pipeline_models.pipeline.api import ApiRuntime, ApiSettings, create_api
 from pipeline_models.pipeline.auth import TokenIssuer
+from pipeline_models.pipeline.budget import Budget
 from pipeline_models.pipeline.checkpoints import Checkpoint
 from pipeline_models.pipeline.chunking import Chunker
 from pipeline_models.pipeline.config import WorkerConfig
+from pipeline_models.pipeline.costs import Usage
 from pipeline_models.pipeline.reference import ReferencePipeline
 from pipeline_models.pipeline.retry import RetryPolicy
+from pipeline_models.pipeline.services import EMBEDDINGS, PARSER
 from pipeline_models.pipeline.webhooks import sign
 from pipeline_models.pipeline.worker import StageHandler
 from pipeline_models.queries import QUERIES, Queries
@@ -67,6 +71,9 @@ CHECK_CONFIG = WorkerConfig(
     retry=RetryPolicy(limit=2),
 )
 API_ACTOR = "pipeline-models api"
+OPERATOR_ACTOR = "pipeline-models operator"
+# The cap the operator lifts the budget to before the drain: more than any program spends.
+DRAIN_BUDGET_USD = Decimal(1000)
 _TOKEN_SECRET = "pipeline-models-checker-token-secret-0123456789"
 _WEBHOOK_SECRET = "pipeline-models-checker-webhook-secret"
 _QUEUE_USER = uuid.UUID("00000000-0000-4000-8000-00000000c0de")
@@ -205,6 +212,8 @@ class PipelineDriver(QueueDriver, Protocol):
 
     def set_faults(self, service: str, plan: FaultPlan) -> None: ...
 
+    async def raise_budget(self, limit_usd: Decimal) -> None: ...
+
     async def deliver_webhooks(self, kind: WebhookKind) -> list[int]: ...
 
 
@@ -278,6 +287,8 @@ class ReferenceDriver:
             config=self.config,
             webhook_url="http://api.check/webhooks/parser",
             webhook_secrets=(_WEBHOOK_SECRET,),
+            # Capped only once a rule sets a limit: a budget without its row caps nothing.
+            budget=Budget(),
         )
         if shared.app is None:
             shared.app = create_api(
@@ -399,6 +410,31 @@ class ReferenceDriver:
 
     async def drop_connection(self, name: str) -> None:
         await self._scheduler.drop_connection(name)
+
+    async def raise_budget(self, limit_usd: Decimal) -> None:
+        """The operator sets the spending cap to ``limit_usd`` (never lowering one), as
+        ``PUT /operator/budget`` does: raising it releases the jobs held for it."""
+        budget = self._pipeline.budget
+        assert budget is not None
+        state = await budget.state(self.monitor)
+        if state is not None and state.limit_usd >= limit_usd:
+            return
+        spares = self._spares
+        assert spares is not None
+
+        async def operate() -> int:
+            # Its own session, in the background: releasing the held jobs waits on the row
+            # lock of any parked worker that is holding one of them.
+            connection = await spares.take(OPERATOR_ACTOR)
+            try:
+                _, released = await budget.set_limit(connection, limit_usd, self.clock.now())
+            finally:
+                spares.give(connection)
+            return released
+
+        await self._scheduler.run_in_background(
+            f"budget {limit_usd}", operate, application_name=OPERATOR_ACTOR
+        )
 
     def advance_clock(self, seconds: float) -> None:
         self.clock.advance(seconds)
@@ -563,6 +599,10 @@ class ReferenceDriver:
             waiting_claims=self._take_waiting_claims(),
             calls_started=self._take_calls_started(),
             embedded_texts=self._take_embedded_texts(),
+            services_billed={
+                PARSER: Usage(pages=fakes.parser.pages_billed),
+                EMBEDDINGS: Usage(tokens=fakes.embeddings.tokens_billed),
+            },
         )
 
     def _take_embedded_texts(self) -> dict[uuid.UUID, list[str]]:
@@ -604,6 +644,8 @@ class ReferenceDriver:
         await self.release_job_lock()
         self.set_faults("parser", FaultPlan.healthy())
         self.set_faults("embeddings", FaultPlan.healthy())
+        # The operator lifts the spending cap, releasing the jobs held for it.
+        await self.raise_budget(DRAIN_BUDGET_USD)
         live = [n for n, slot in self._scheduler.slots.items() if not slot.crashed]
         if not live:  # every worker crashed: a new one drains
             await self.start_worker("drainer")
@@ -635,6 +677,10 @@ class ReferenceDriver:
             await self.deliver_webhooks(WebhookKind.QUEUED)
             await self._scheduler.settle_background()
             if progressed:
+                continue
+            if self._scheduler.background:
+                # An operator's or the API's request still waits on a lock: let it land.
+                await asyncio.sleep(0.001)
                 continue
             if not await self.monitor.fetchval(QUERIES["count_live_jobs"].sql):
                 return True

@@ -17,7 +17,7 @@ checker's audit trail (``sql/audit.sql``), the others read the tables.
 >>> check(world, expectations)
 []
 >>> sorted(INVARIANTS)[:3]
-['buffers', 'claims_skip_locks', 'cost']
+['billing', 'buffers', 'claims_skip_locks']
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TypeAlias
 
 from pipeline_models.history import JobChange, is_claim_due, lease_live
@@ -99,6 +100,8 @@ class Observation:
     calls_started: Mapping[str, tuple[uuid.UUID, datetime]] = field(default_factory=dict)
     # Texts sent to the embeddings service since the last check, by document id.
     embedded_texts: Mapping[uuid.UUID, Sequence[str]] = field(default_factory=dict)
+    # What the services billed so far, by their own counters (None: not known).
+    services_billed: Mapping[str, Usage] | None = None
 
     @functools.cached_property
     def _rows(self) -> _Rows:
@@ -932,27 +935,8 @@ def cost(observation: Observation, expectations: Expectations) -> list[Violation
     claimed. (A worker may write its counters and its requeue in separate statements of
     one transaction, so the requeue's own audit row does not show the progress.) A
     document with no planned chunks is never sent.
-
-    And a job's recorded cost is what its recorded usage costs at the configured prices,
-    by the one function the spending budget reserves and settles with
-    (:meth:`PriceTable.price`): the budget and this check agree on what a call costs.
     """
     found: list[Violation] = []
-    config = expectations.config
-    for job in observation.snapshot.jobs.values():
-        usage = Usage(pages=job.pages_billed, tokens=job.tokens_billed)
-        priced = config.prices.price(usage, embed_model=config.embed_model)
-        if job.cost_usd != priced:
-            found.append(
-                Violation(
-                    "cost",
-                    "a job's recorded cost is not what its recorded usage costs",
-                    job_id=job.job_id,
-                    document_id=job.document_id,
-                    expected=f"{priced} USD for {usage.pages} pages and {usage.tokens} tokens",
-                    observed=f"{job.cost_usd} USD",
-                )
-            )
     inputs = observation.embedding_inputs
     if not inputs:
         return found
@@ -1042,6 +1026,129 @@ def _committed_embeddings_sent_again(
     return found
 
 
+_SETTLED_AT_ESTIMATE = frozenset({"counting", "unconfirmed"})
+_UNCERTAIN = frozenset({"in_flight", "counting", "unconfirmed"})
+
+
+def billing(observation: Observation, expectations: Expectations) -> list[Violation]:
+    """The ledger of billed calls is the run's bill, and the budget is the ledger's sums.
+
+    Why: a tool that runs real services under a cap must neither lose money from its
+    record nor let a crash eat the budget. Checked on the ledger and the budget rows:
+
+    * every settled call costs what its usage costs at the configured prices (the one
+      function the budget reserves with); a call settled at its estimate (``counting``,
+      ``unconfirmed``) costs exactly the estimate; a refused one nothing;
+    * a call in flight belongs to the job's current hold: its job is working and owned
+      by the caller. Otherwise its worker is gone and nothing will ever settle it: its
+      reservation leaks, and the budget shrinks with every crash;
+    * each budget's reserved sum is its calls in flight, its spent sum its settled calls;
+    * the budget holds: spent and reserved stay within the limit, but for what counted
+      parses cost above their estimates (the parser bills pages it counts later);
+    * the services billed at least every page and token the ledger confirms, and, when
+      no call is uncertain (in flight, uncounted, unanswered), exactly those.
+    """
+    found: list[Violation] = []
+    snapshot = observation.snapshot
+    config = expectations.config
+    jobs = snapshot.jobs
+    reserved: defaultdict[str, Decimal] = defaultdict(Decimal)
+    spent: defaultdict[str, Decimal] = defaultdict(Decimal)
+    overrun: defaultdict[str, Decimal] = defaultdict(Decimal)
+    confirmed: dict[str, Usage] = defaultdict(Usage)
+    uncertain: set[str] = set()
+    for call in snapshot.billed_calls:
+        usage = Usage(pages=call.pages, tokens=call.tokens)
+        where = f"{call.service} call {call.call_id} ({call.outcome})"
+        if call.outcome == "in_flight":
+            job = jobs.get(call.job_id)
+            if job is None or job.state is not State.WORKING or job.owner != call.caller:
+                held = "gone" if job is None else _where(job.stage.value, job.state.value)
+                found.append(
+                    Violation(
+                        "billing",
+                        f"{where} is still in flight, but its worker no longer holds the job: "
+                        "its reservation is never released",
+                        job_id=call.job_id,
+                        document_id=job.document_id if job is not None else None,
+                        expected=f"the job working under {call.caller!r}, or the call settled",
+                        observed=f"job {held}, owner {job.owner if job else None!r}",
+                    )
+                )
+        else:
+            priced = config.prices.price(usage, embed_model=config.embed_model)
+            if call.outcome == "not_billed":
+                should = Decimal(0)
+            elif call.outcome in _SETTLED_AT_ESTIMATE:
+                should = call.estimated_usd
+            else:
+                should = priced
+            if call.cost_usd != should or (call.outcome == "counting" and priced != should):
+                found.append(
+                    Violation(
+                        "billing",
+                        f"{where} is recorded at the wrong cost",
+                        job_id=call.job_id,
+                        expected=f"{should} USD ({usage.pages} pages, {usage.tokens} tokens, "
+                        f"estimate {call.estimated_usd})",
+                        observed=f"{call.cost_usd} USD",
+                    )
+                )
+        if call.outcome in _UNCERTAIN:
+            uncertain.add(call.service)
+        elif call.outcome == "billed":
+            confirmed[call.service] += usage
+        if call.budget_id is None:
+            continue
+        if call.cost_usd is None:
+            reserved[call.budget_id] += call.estimated_usd
+        else:
+            spent[call.budget_id] += call.cost_usd
+            overrun[call.budget_id] += max(Decimal(0), call.cost_usd - call.estimated_usd)
+    for budget in snapshot.budgets.values():
+        name = budget.budget_id
+        if (budget.reserved_usd, budget.spent_usd) != (reserved[name], spent[name]):
+            found.append(
+                Violation(
+                    "billing",
+                    f"budget {name!r} does not add up to its calls",
+                    expected=f"reserved {reserved[name]} (calls in flight), "
+                    f"spent {spent[name]} (settled calls)",
+                    observed=f"reserved {budget.reserved_usd}, spent {budget.spent_usd}",
+                )
+            )
+        ceiling = budget.limit_usd + overrun[name]
+        if budget.spent_usd + budget.reserved_usd > ceiling:
+            found.append(
+                Violation(
+                    "billing",
+                    f"budget {name!r} was overspent",
+                    expected=f"spent + reserved <= {ceiling} (limit {budget.limit_usd}"
+                    f" + {overrun[name]} counted above estimates)",
+                    observed=f"spent {budget.spent_usd} + reserved {budget.reserved_usd}",
+                )
+            )
+    if observation.services_billed is None:
+        return found
+    for service, bill in sorted(observation.services_billed.items()):
+        ours = confirmed.get(service, Usage())
+        if ours.pages > bill.pages or ours.tokens > bill.tokens:
+            problem = "the ledger confirms more than the service billed"
+        elif service not in uncertain and ours != bill:
+            problem = "the service billed calls the ledger does not record"
+        else:
+            continue
+        found.append(
+            Violation(
+                "billing",
+                f"{service}: {problem}",
+                expected=f"{bill.pages} pages, {bill.tokens} tokens (the service's bill)",
+                observed=f"{ours.pages} pages, {ours.tokens} tokens confirmed in the ledger",
+            )
+        )
+    return found
+
+
 def claims_skip_locks(observation: Observation, expectations: Expectations) -> list[Violation]:
     """A claim never waits on a row lock.
 
@@ -1106,6 +1213,7 @@ INVARIANTS: dict[str, Invariant] = {
     "retries": retries,
     "finalize": finalize,
     "cost": cost,
+    "billing": billing,
 }
 """The invariants :func:`check` runs after every step, by name (all but liveness)."""
 
@@ -1124,7 +1232,7 @@ def check(
     >>> check(empty, Expectations({}, frozenset(), WorkerConfig()), names=["nope"])
     Traceback (most recent call last):
     ...
-    ValueError: unknown invariant 'nope'; the invariants are buffers, claims_skip_locks, cost, fencing, finalize, leases_cover_calls, no_duplicates, no_loss, progress, retries, transitions (liveness runs at the drain: call liveness(snapshot, expectations))
+    ValueError: unknown invariant 'nope'; the invariants are billing, buffers, claims_skip_locks, cost, fencing, finalize, leases_cover_calls, no_duplicates, no_loss, progress, retries, transitions (liveness runs at the drain: call liveness(snapshot, expectations))
     """  # noqa: E501
     selected = list(INVARIANTS) if names is None else list(names)
     for name in selected:

@@ -32,6 +32,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import ClassVar, TypeVar
 
 from hypothesis import event as hypothesis_event
@@ -82,6 +83,9 @@ ALICE = uuid.UUID("00000000-0000-4000-8000-00000000a11c")
 BOB = uuid.UUID("00000000-0000-4000-8000-000000000b0b")
 USERS = (ALICE, BOB)
 CLOCK_STEPS = (1, 3, 10, 31, 61, 301)
+# Spending caps an operator may set: none covers a call, one parse page (at the default
+# $0.003), a few pages, everything a program uploads.
+BUDGET_LIMITS_USD = tuple(Decimal(limit) for limit in ("0", "0.003", "0.012", "1"))
 # A few documents are enough to interleave; more only lengthen every drain.
 MAX_DOCUMENTS = 4
 # Where run_worker_until stops a worker: after an external call's effects are out in the
@@ -490,6 +494,13 @@ class PipelineMachine(QueueMachine):
         self.pipeline.set_faults("embeddings", plan)
         _fault_events("embeddings", plan)
         self.dirty = False
+
+    @rule(limit=st.sampled_from(BUDGET_LIMITS_USD))
+    def cap_the_spending(self, limit: Decimal) -> None:
+        """The operator caps the run's spending, or raises the cap (never lowers it):
+        a cap below the next call's estimate holds its job, a raise releases it."""
+        self._run(self.pipeline.raise_budget(limit))
+        event(f"spending capped at {limit} USD")
 
     @rule()
     def deliver_parser_webhooks(self) -> None:

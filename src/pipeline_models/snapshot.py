@@ -48,10 +48,6 @@ class JobRow:
     chunks_total: int | None
     chunks_done: int
     embeddings_done: int
-    # What the job's billed calls cost, as the pipeline recorded it.
-    pages_billed: int = 0
-    tokens_billed: int = 0
-    cost_usd: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -76,12 +72,39 @@ class VectorRow:
 
 
 @dataclass(frozen=True)
+class BilledCallRow:
+    """A row of the ledger of billed calls (cost None while the call is in flight)."""
+
+    call_id: int
+    job_id: uuid.UUID
+    service: str
+    caller: str
+    budget_id: str | None
+    outcome: str
+    estimated_usd: Decimal
+    pages: int
+    tokens: int
+    cost_usd: Decimal | None
+    reference: str | None
+
+
+@dataclass(frozen=True)
+class BudgetRow:
+    budget_id: str
+    limit_usd: Decimal
+    spent_usd: Decimal
+    reserved_usd: Decimal
+
+
+@dataclass(frozen=True)
 class Snapshot:
     documents: Mapping[uuid.UUID, DocumentRow] = field(default_factory=dict)
     jobs: Mapping[uuid.UUID, JobRow] = field(default_factory=dict)
     chunk_buffer: tuple[ChunkRow, ...] = ()
     vector_buffer: tuple[VectorRow, ...] = ()
     final_chunks: tuple[ChunkRow, ...] = ()
+    billed_calls: tuple[BilledCallRow, ...] = ()
+    budgets: Mapping[str, BudgetRow] = field(default_factory=dict)
 
     def jobs_of(self, document_id: uuid.UUID) -> list[JobRow]:
         return [job for job in self.jobs.values() if job.document_id == document_id]
@@ -119,11 +142,19 @@ def snapshot_from_row(row: Mapping[str, Any]) -> Snapshot:
         ChunkRow(**{**_fields(ChunkRow, r), "vector": tuple(r["vector"])})
         for r in row["final_chunks"]
     )
-    return Snapshot(documents, jobs, chunk_buffer, vector_buffer, final_chunks)
+    billed_calls = tuple(
+        BilledCallRow(**_fields(BilledCallRow, r)) for r in row.get("billed_calls") or ()
+    )
+    budgets = {r["budget_id"]: BudgetRow(**_fields(BudgetRow, r)) for r in row.get("budgets") or ()}
+    return Snapshot(
+        documents, jobs, chunk_buffer, vector_buffer, final_chunks, billed_calls, budgets
+    )
 
 
 __all__ = [
     "CHECKER_QUERIES",
+    "BilledCallRow",
+    "BudgetRow",
     "ChunkRow",
     "DocumentRow",
     "JobRow",

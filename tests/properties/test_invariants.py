@@ -47,8 +47,17 @@ from pipeline_models.lifecycle import (
 from pipeline_models.model import ExpectedOutcome, expected_outcome
 from pipeline_models.pipeline.chunking import Chunker
 from pipeline_models.pipeline.config import WorkerConfig
+from pipeline_models.pipeline.costs import Usage
 from pipeline_models.pipeline.identity import vector_sha
-from pipeline_models.snapshot import ChunkRow, DocumentRow, JobRow, Snapshot, VectorRow
+from pipeline_models.snapshot import (
+    BilledCallRow,
+    BudgetRow,
+    ChunkRow,
+    DocumentRow,
+    JobRow,
+    Snapshot,
+    VectorRow,
+)
 
 CONFIG = WorkerConfig(
     embed_dimensions=8,
@@ -93,6 +102,8 @@ class World:
         self.inputs: Counter[uuid.UUID] = Counter()
         self.outcomes: dict[uuid.UUID, ExpectedOutcome] = {}
         self.job_of: dict[uuid.UUID, uuid.UUID] = {}
+        self.billed_calls: list[BilledCallRow] = []
+        self.budgets: dict[str, BudgetRow] = {}
 
     # -- what the checker sees --------------------------------------------------------
 
@@ -103,6 +114,8 @@ class World:
             tuple(self.chunk_buffer),
             tuple(self.vector_buffer),
             tuple(self.final_chunks),
+            tuple(self.billed_calls),
+            dict(self.budgets),
         )
 
     def observation(self, **changed: Any) -> Observation:
@@ -428,6 +441,7 @@ def test_the_invariants_checked_after_every_step_are_all_but_liveness() -> None:
         "retries",
         "finalize",
         "cost",
+        "billing",
     ]
     for name, invariant in INVARIANTS.items():
         assert invariant.__name__ == name
@@ -1124,20 +1138,124 @@ def test_cost_does_not_count_a_batch_requeue_whose_progress_was_written_first(
     assert_fired(world.check("cost"), "cost", document=ALPHA_ID, says="x 0 interruptions")
 
 
-def test_cost_fires_when_a_job_records_a_cost_its_usage_does_not_explain(world: World) -> None:
-    alpha, *_ = ids(world)
-    # 2 pages and 1,000 tokens cost 2 x $0.003 + 1,000 x $0.02/1M = $0.00602 at list prices.
-    world.jobs[alpha] = replace(
-        world.jobs[alpha], pages_billed=2, tokens_billed=1000, cost_usd=Decimal("0.00602")
-    )
-    assert world.check("cost") == []
-    world.jobs[alpha] = replace(world.jobs[alpha], cost_usd=Decimal("0.006"))  # tokens unpriced
-    assert_fired(world.check("cost"), "cost", job=alpha, says="recorded usage costs")
-
-
 def test_cost_fires_when_a_document_with_no_planned_chunks_is_embedded(world: World) -> None:
     world.inputs[DELTA_ID] = 1
     assert_fired(world.check("cost"), "cost", document=DELTA_ID, says="plans no chunks")
+
+
+# -- billing -------------------------------------------------------------------------
+
+# At list prices: a page $0.003, 1M tokens $0.02 (text-embedding-3-small).
+PAGE = Decimal("0.003")
+
+
+def call(
+    world: World,
+    job_id: uuid.UUID,
+    service: str,
+    outcome: str,
+    *,
+    estimated: Decimal,
+    cost: Decimal | None,
+    pages: int = 0,
+    tokens: int = 0,
+    caller: str = W1,
+    budget: str | None = "run",
+) -> BilledCallRow:
+    row = BilledCallRow(
+        call_id=len(world.billed_calls) + 1,
+        job_id=job_id,
+        service=service,
+        caller=caller,
+        budget_id=budget,
+        outcome=outcome,
+        estimated_usd=estimated,
+        pages=pages,
+        tokens=tokens,
+        cost_usd=cost,
+        reference=None,
+    )
+    world.billed_calls.append(row)
+    return row
+
+
+def billed_world(world: World) -> tuple[World, dict[str, Usage]]:
+    """Alpha's parse counted at 2 pages and one embedding call of 1,000 tokens; gamma's
+    worker (worker-2, holding it) mid-call; a budget of $0.01 that adds up."""
+    alpha, _, gamma, _ = ids(world)
+    call(world, alpha, "parser", "billed", estimated=PAGE, cost=2 * PAGE, pages=2)
+    call(world, alpha, "embeddings", "billed", estimated=Decimal("0.0001"),
+         cost=Decimal("0.00002"), tokens=1000)  # fmt: skip
+    call(world, gamma, "embeddings", "in_flight", estimated=Decimal("0.0001"), cost=None,
+         caller=W2)  # fmt: skip
+    world.budgets["run"] = BudgetRow(
+        "run", Decimal("0.01"), spent_usd=Decimal("0.00602"), reserved_usd=Decimal("0.0001")
+    )
+    return world, {"parser": Usage(pages=2), "embeddings": Usage(tokens=1000)}
+
+
+def check_billing(world: World, billed: dict[str, Usage] | None) -> list[Violation]:
+    return check(world.observation(services_billed=billed), world.expectations(), names=["billing"])
+
+
+def test_billing_holds_on_a_ledger_that_adds_up(world: World) -> None:
+    world, billed = billed_world(world)
+    assert check_billing(world, billed) == []
+
+
+def test_billing_fires_when_a_call_is_priced_wrong(world: World) -> None:
+    world, billed = billed_world(world)
+    first = world.billed_calls[1]
+    world.billed_calls[1] = replace(first, cost_usd=Decimal("0.00003"))
+    world.budgets["run"] = replace(world.budgets["run"], spent_usd=Decimal("0.00603"))
+    assert_fired(
+        check_billing(world, billed), "billing", job=first.job_id, says="at the wrong cost"
+    )
+
+
+def test_billing_fires_when_a_call_outlives_its_workers_hold_on_the_job(world: World) -> None:
+    world, billed = billed_world(world)
+    alpha, *_ = ids(world)  # done: no worker holds it
+    call(world, alpha, "embeddings", "in_flight", estimated=Decimal("0.0001"), cost=None)
+    world.budgets["run"] = replace(world.budgets["run"], reserved_usd=Decimal("0.0002"))
+    assert_fired(
+        check_billing(world, billed), "billing", job=alpha, says="reservation is never released"
+    )
+
+
+def test_billing_fires_when_the_budget_does_not_add_up_to_its_calls(world: World) -> None:
+    world, billed = billed_world(world)
+    world.budgets["run"] = replace(world.budgets["run"], reserved_usd=Decimal("0.0002"))
+    assert_fired(check_billing(world, billed), "billing", says="does not add up to its calls")
+
+
+def test_billing_fires_when_the_budget_is_overspent(world: World) -> None:
+    world, billed = billed_world(world)
+    world.budgets["run"] = replace(world.budgets["run"], limit_usd=Decimal("0.006"))
+    # 2 pages counted at $0.003 over a one-page estimate: the cap may be passed by that.
+    assert check_billing(world, billed) == []
+    world.budgets["run"] = replace(world.budgets["run"], limit_usd=Decimal("0.003"))
+    assert_fired(check_billing(world, billed), "billing", says="overspent")
+
+
+def test_billing_fires_when_a_service_billed_a_call_the_ledger_lacks(world: World) -> None:
+    world, billed = billed_world(world)
+    assert_fired(
+        check_billing(world, {**billed, "parser": Usage(pages=3)}),
+        "billing",
+        says="parser: the service billed calls the ledger does not record",
+    )
+    # While a call is uncertain, the bill may run ahead of the ledger.
+    gamma = ids(world)[2]
+    call(world, gamma, "parser", "unconfirmed", estimated=PAGE, cost=PAGE, caller=W2,
+         budget=None)  # fmt: skip
+    assert check_billing(world, {**billed, "parser": Usage(pages=3)}) == []
+    # But it never confirms more than was billed.
+    assert_fired(
+        check_billing(world, {**billed, "embeddings": Usage(tokens=999)}),
+        "billing",
+        says="confirms more than the service billed",
+    )
 
 
 # -- liveness ------------------------------------------------------------------------

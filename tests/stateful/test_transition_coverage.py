@@ -3,8 +3,8 @@
 The machines' random search covers most of them; two need a precise sequence that a
 short random program rarely strings together, so they also run as explicit programs:
 a lease renewed because time passed between the claim and the service call, and an
-operator's retry of a dead letter. The machines run without a spending budget (as a
-deployment without a cap does), so a budget hold and its release run as a program too.
+operator's retry of a dead letter. A budget hold and its release need a cap below the
+next call and then a raise, so they run as a program too.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 from pipeline_models.documents import corrupt_pdf, markdown_document
-from pipeline_models.drivers import ReferenceDriver
 from pipeline_models.lifecycle import TransitionKind
 from pipeline_models.machines import ALICE, STATISTICS, PipelineMachine
-from pipeline_models.pipeline.budget import Budget
 
 
 def test_a_lease_is_renewed_when_time_passed_before_the_call() -> None:
@@ -49,22 +47,17 @@ def test_an_operator_retries_a_dead_letter() -> None:
 def test_a_budget_holds_a_job_and_raising_it_releases_the_job() -> None:
     machine = PipelineMachine()
     try:
-        driver = machine.driver
-        assert isinstance(driver, ReferenceDriver)
-        assert driver.pipeline is not None
-        budget = driver.pipeline.budget = Budget()
-        machine._run(budget.set_limit(driver.monitor, Decimal(0), driver.clock.now()))
-        # A restarted worker is built from the pipeline as it is now: with the budget.
-        machine.crash_worker(worker="w1")
-        machine.restart_worker(worker="w1")
+        machine.cap_the_spending(limit=Decimal(0))
+        machine.database_agrees_with_the_model()
         machine.upload_document(user=ALICE, document=markdown_document("# Held\n\n" + "c " * 50))
+        machine.database_agrees_with_the_model()
         holds = STATISTICS.transitions[TransitionKind.HOLD]
         for _ in range(3):
             machine.run_worker(worker="w1", checkpoints=6)
             machine.database_agrees_with_the_model()
         assert STATISTICS.transitions[TransitionKind.HOLD] > holds
-        # The checker's monitor connection plays the operator raising the cap.
-        machine._run(budget.set_limit(driver.monitor, Decimal(100), driver.clock.now()))
+        machine.cap_the_spending(limit=Decimal(1))
+        machine.database_agrees_with_the_model()
         machine.run_worker(worker="w1", checkpoints=4)
         machine.database_agrees_with_the_model()
     finally:

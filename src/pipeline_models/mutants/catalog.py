@@ -374,7 +374,7 @@ CATALOG: tuple[Mutant, ...] = (
                 "        lambda: step.services.embeddings.embed(texts,"
                 " user=str(job.document_id)),\n"
                 "        estimate=Usage(tokens=estimate_tokens(texts)),\n"
-                "        billed=lambda answer: Usage(tokens=answer.tokens),\n"
+                "        billed=lambda answer: Charge(Usage(tokens=answer.tokens)),\n"
                 "    )\n",
                 "    try:\n"
                 "        embeddings = await step.call(\n"
@@ -382,7 +382,7 @@ CATALOG: tuple[Mutant, ...] = (
                 "            lambda: step.services.embeddings.embed(texts,"
                 " user=str(job.document_id)),\n"
                 "            estimate=Usage(tokens=estimate_tokens(texts)),\n"
-                "            billed=lambda answer: Usage(tokens=answer.tokens),\n"
+                "            billed=lambda answer: Charge(Usage(tokens=answer.tokens)),\n"
                 "        )\n"
                 "    except Exception as error:  # one bad batch must not stop the document\n"
                 '        step.worker.log("embedding_failed", job, str(error))\n'
@@ -456,6 +456,50 @@ CATALOG: tuple[Mutant, ...] = (
                 _SQL,
                 "WHERE job_id = $1 AND user_id = $2 AND state = 'deadletter'",
                 "WHERE job_id = $1 AND user_id = $2",
+            )
+        ],
+    ),
+    # -- money --------------------------------------------------------------------------
+    Mutant(
+        "reclaim-leaves-calls-in-flight",
+        "money",
+        "the claim that takes over a dead worker's job does not settle the calls it left "
+        "in flight: their reservations stay, and the usable budget shrinks with each crash",
+        "spending caps and quotas leaked by crashed workers ('budget exhausted' while idle)",
+        [
+            Edit(
+                _SQL,
+                "WHERE call.job_id = candidate.job_id AND candidate.previous_state = 'working'",
+                "WHERE call.job_id = candidate.job_id AND false",
+            )
+        ],
+    ),
+    Mutant(
+        "reservation-ignores-the-limit",
+        "money",
+        "the reservation adds the estimate without checking it fits under the limit: "
+        "the cap is a report, not a cap",
+        "check-then-act spending caps; cost alerts that fire after the money is gone",
+        [
+            Edit(
+                _SQL,
+                "    WHERE budget_id = $6 AND EXISTS (SELECT 1 FROM held)\n"
+                "      AND spent_usd + reserved_usd + $5 <= limit_usd\n",
+                "    WHERE budget_id = $6 AND EXISTS (SELECT 1 FROM held)\n",
+            )
+        ],
+    ),
+    Mutant(
+        "failed-call-recorded-as-free",
+        "money",
+        "every failed call is recorded as unbilled, also a timeout or a garbled answer "
+        "that the service did bill: the recorded cost falls below the bill",
+        "cost trackers that count only successful responses",
+        [
+            Edit(
+                _WORKER,
+                "refused = error.status is not None or isinstance(error, CircuitOpenError)",
+                "refused = True or isinstance(error, CircuitOpenError)",
             )
         ],
     ),

@@ -11,7 +11,9 @@ SELECT ARRAY(SELECT d FROM documents AS d) AS documents,
        ARRAY(SELECT v FROM document_vector_buffer AS v ORDER BY v.document_id, v.chunk_id)
            AS vector_buffer,
        ARRAY(SELECT f FROM document_chunks AS f ORDER BY f.document_id, f.chunk_ord)
-           AS final_chunks;
+           AS final_chunks,
+       ARRAY(SELECT b FROM billed_calls AS b ORDER BY b.call_id) AS billed_calls,
+       ARRAY(SELECT s FROM spending_budget AS s ORDER BY s.budget_id) AS budgets;
 
 
 -- name: observe_all
@@ -27,6 +29,8 @@ SELECT ARRAY(SELECT d FROM documents AS d) AS documents,
            AS vector_buffer,
        ARRAY(SELECT f FROM document_chunks AS f ORDER BY f.document_id, f.chunk_ord)
            AS final_chunks,
+       ARRAY(SELECT b FROM billed_calls AS b ORDER BY b.call_id) AS billed_calls,
+       ARRAY(SELECT s FROM spending_budget AS s ORDER BY s.budget_id) AS budgets,
        ARRAY(SELECT a FROM checker_job_audit AS a WHERE a.xid >= $1::text::xid8
              ORDER BY a.audit_id) AS audit,
        pg_snapshot_xmin(pg_current_snapshot())::text AS next_xid;
