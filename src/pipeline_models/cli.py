@@ -432,6 +432,12 @@ def report(runs: tuple[Path, ...], out: Path) -> None:
     is_flag=True,
     help="Run the fakes, the API and the workers as separate processes on loopback.",
 )
+@click.option(
+    "--max-cost",
+    type=_Money(),
+    help="Cap the run (USD): run until only jobs held for the budget are left, then lift "
+    "the cap and finish them. In process only.",
+)
 def demo(
     database_url: str | None,
     documents: int,
@@ -439,15 +445,20 @@ def demo(
     seed: int,
     timeout: float,
     processes: bool,
+    max_cost: Decimal | None,
 ) -> None:
     """Run the reference pipeline on sample documents and verify every ending.
 
     Exits 0 only if every document ended as the model predicts: done with exactly the
     expected chunks and vectors, or dead-lettered with last_error for unusable input
-    (with --processes, unusable input may instead be refused at upload).
+    (with --processes, unusable input may instead be refused at upload), and, in
+    process, the recorded cost is what the fake services billed. With --max-cost, the
+    cap must also have held jobs, and none may have failed or been lost.
     """
     from pipeline_models import demo as demo_module
 
+    if max_cost is not None and processes:
+        raise click.UsageError("--max-cost runs the in-process demo; drop --processes")
     try:
         report = demo_module.main(
             database_url=database_url,
@@ -456,6 +467,7 @@ def demo(
             seed=seed,
             timeout=timeout,
             processes=processes,
+            max_cost_usd=max_cost,
         )
     except (PipelineModelsError, TimeoutError) as error:
         raise click.ClickException(str(error)) from None

@@ -28,13 +28,17 @@ from pipeline_models.lifecycle import STAGES, State
 from pipeline_models.metrics import PipelineMetrics, refresh_forever, run_usage
 from pipeline_models.model import discrepancies, expected_outcome, expected_outcomes
 from pipeline_models.pipeline.auth import TokenIssuer
+from pipeline_models.pipeline.budget import Budget
 from pipeline_models.pipeline.config import WorkerConfig
+from pipeline_models.pipeline.costs import Usage
 from pipeline_models.pipeline.reference import ReferencePipeline
 from pipeline_models.queries import QUERIES
 from pipeline_models.settings import Settings
 from pipeline_models.snapshot import take_snapshot
 from pipeline_models.tables import format_table
 
+# What a capped demo lifts its cap to once only held jobs are left: more than it spends.
+LIFTED_CAP_USD = Decimal(1000)
 _USER_NAMESPACE = uuid.UUID("0b5c3f7e-6a52-4f4e-9d0b-6f1d8f7a2c11")
 
 
@@ -55,7 +59,15 @@ class DemoReport:
     pages_billed: int = 0
     tokens_billed: int = 0
     cost_usd: Decimal = Decimal(0)
+    cost_unconfirmed_usd: Decimal = Decimal(0)
     prices_as_of: str = ""
+    # What the in-process fakes billed, by their own counters (None with --processes).
+    fakes_billed_usd: Decimal | None = None
+    # With --max-cost: the cap, and how the run stood when it was reached.
+    max_cost_usd: Decimal | None = None
+    done_under_cap: int = 0
+    held_at_cap: int = 0
+    spent_under_cap: Decimal = Decimal(0)
 
     @property
     def ok(self) -> bool:
@@ -78,9 +90,18 @@ class DemoReport:
             format_table(["final (stage/state)", "jobs"], positions),
             "",
             f"cost: {self.pages_billed} pages, {self.tokens_billed} tokens = "
-            f"${self.cost_usd:.6f} at list prices as of {self.prices_as_of}",
-            "",
+            f"${self.cost_usd:.6f} at list prices as of {self.prices_as_of} "
+            f"(${self.cost_unconfirmed_usd:.6f} of it estimates)",
         ]
+        if self.fakes_billed_usd is not None:
+            lines.append(f"bill: the fake services billed ${self.fakes_billed_usd:.6f}")
+        if self.max_cost_usd is not None:
+            lines.append(
+                f"budget: capped at ${self.max_cost_usd}, {self.done_under_cap} jobs done and "
+                f"{self.held_at_cap} held for the budget (${self.spent_under_cap:.6f} spent); "
+                "then the cap was raised and the held jobs went on"
+            )
+        lines.append("")
         if self.ok:
             refused = f", {self.refused} refused at upload" if self.refused else ""
             lines.append(
@@ -109,12 +130,16 @@ async def run_demo(
     timeout: float = 300.0,
     large_bytes: int = 512 * 1024,
     metrics: PipelineMetrics | None = None,
+    max_cost_usd: Decimal | None = None,
 ) -> DemoReport:
     """Upload ``documents`` sample files, process them with ``workers``, verify the ending.
 
     The corpus is ``documents - 1`` small mixed files (a few of them unusable on purpose)
     and one markdown document of ``large_bytes``. With ``metrics``, the workers count
-    into it and its Postgres gauges are refreshed while they run.
+    into it and its Postgres gauges are refreshed while they run. With ``max_cost_usd``
+    the run is capped: the workers run until only jobs held for the budget are left,
+    then the cap is lifted (as an operator would) and they finish; none may fail or be
+    lost on the way.
     """
     config = config or WorkerConfig(parser_poll_seconds=0.05, idle_seconds=0.02)
     report = DemoReport(documents, workers, database.display_url)
@@ -123,8 +148,9 @@ async def run_demo(
     try:
         await database.reset(connection)
         with tempfile.TemporaryDirectory(prefix="pipeline-models-blobs-") as blobs:
+            budget = Budget() if max_cost_usd is not None else None
             async with ReferencePipeline.with_fakes(
-                database, storage_root=blobs, config=config, metrics=metrics
+                database, storage_root=blobs, config=config, metrics=metrics, budget=budget
             ) as pipeline:
                 # One large document among the small ones, so batches repeat visibly.
                 corpus: list[Document] = [
@@ -153,6 +179,10 @@ async def run_demo(
                         name="demo-metrics",
                     )
                 try:
+                    if budget is not None and max_cost_usd is not None:
+                        await _run_capped(
+                            report, pipeline, budget, connection, max_cost_usd, workers, timeout
+                        )
                     await pipeline.run_workers(workers, timeout=timeout)
                 finally:
                     if metrics is not None and refresher is not None:
@@ -161,6 +191,14 @@ async def run_demo(
                             await refresher
                         await metrics.refresh(connection, breakers=pipeline.breakers)
                 report.process_seconds = time.perf_counter() - started
+                assert pipeline.fakes is not None
+                report.fakes_billed_usd = config.prices.price(
+                    Usage(
+                        pages=pipeline.fakes.parser.pages_billed,
+                        tokens=pipeline.fakes.embeddings.tokens_billed,
+                    ),
+                    embed_model=config.embed_model,
+                )
         await _verify(report, connection, accepted, config)
     finally:
         await connection.close()
@@ -189,7 +227,41 @@ async def _verify(
     usage = await run_usage(connection)
     report.pages_billed, report.tokens_billed = usage["pages"], usage["tokens"]
     report.cost_usd = usage["cost_usd"]
+    report.cost_unconfirmed_usd = usage["cost_unconfirmed_usd"]
     report.prices_as_of = config.prices.as_of.isoformat()
+    billed = report.fakes_billed_usd
+    if billed is not None and report.cost_unconfirmed_usd == 0 and report.cost_usd != billed:
+        report.problems.append(
+            f"the recorded cost ${report.cost_usd} is not what the services billed, ${billed}"
+        )
+    if report.max_cost_usd is not None and report.held_at_cap == 0:
+        report.problems.append(
+            f"the cap of ${report.max_cost_usd} held no job: it covered the whole run"
+        )
+
+
+async def _run_capped(
+    report: DemoReport,
+    pipeline: ReferencePipeline,
+    budget: Budget,
+    connection: asyncpg.Connection,
+    max_cost_usd: Decimal,
+    workers: int,
+    timeout: float,
+) -> None:
+    """Run under the cap until only held jobs are left, record how it stood, lift it."""
+    report.max_cost_usd = max_cost_usd
+    await budget.set_limit(connection, max_cost_usd, pipeline.clock.now())
+    await pipeline.run_workers(workers, timeout=timeout)
+    rows = await connection.fetch("SELECT state, held_for FROM upload_jobs")
+    report.done_under_cap = sum(1 for row in rows if row["state"] == State.DONE)
+    report.held_at_cap = sum(1 for row in rows if row["held_for"] is not None)
+    state = await budget.state(connection)
+    assert state is not None
+    report.spent_under_cap = state.spent_usd
+    if state.spent_usd + state.reserved_usd > max_cost_usd:
+        report.problems.append(f"the cap was passed: {state.as_dict()}")
+    await budget.set_limit(connection, LIFTED_CAP_USD, pipeline.clock.now())
 
 
 async def run_demo_processes(
@@ -280,11 +352,24 @@ def main(
     seed: int,
     timeout: float,
     processes: bool = False,
+    max_cost_usd: Decimal | None = None,
 ) -> DemoReport:
     with Database.from_environment(database_url) as database:
-        run = run_demo_processes if processes else run_demo
+        if processes:
+            return asyncio.run(
+                run_demo_processes(
+                    database, documents=documents, workers=workers, seed=seed, timeout=timeout
+                )
+            )
         return asyncio.run(
-            run(database, documents=documents, workers=workers, seed=seed, timeout=timeout)
+            run_demo(
+                database,
+                documents=documents,
+                workers=workers,
+                seed=seed,
+                timeout=timeout,
+                max_cost_usd=max_cost_usd,
+            )
         )
 
 

@@ -20,6 +20,27 @@ def test_the_demo_processes_every_document_and_exits_zero(pipeline_database: Dat
         assert stage in result.output
 
 
+def test_the_demo_under_a_cap_holds_the_surplus_and_finishes_it_once_the_cap_is_lifted(
+    pipeline_database: Database,
+) -> None:
+    arguments = ["demo", "--documents", "8", "--workers", "2", "--max-cost", "0.01"]
+    result = CliRunner().invoke(main, [*arguments, "--database-url", pipeline_database.url])
+    assert result.exit_code == 0, result.output
+    budget_line = next(line for line in result.output.splitlines() if line.startswith("budget:"))
+    held = int(budget_line.split(" held for the budget")[0].rsplit(" ", 1)[-1])
+    assert held > 0, budget_line
+    assert "OK: every document ended as the model predicts" in result.output
+    # The bill is exact: what the ledger records is what the fakes billed.
+    cost = result.output.split(" at list prices")[0].rsplit("$", 1)[-1]
+    assert f"bill: the fake services billed ${cost}" in result.output
+
+
+def test_the_demo_refuses_a_cap_across_processes() -> None:
+    result = CliRunner().invoke(main, ["demo", "--processes", "--max-cost", "1"])
+    assert result.exit_code == 2
+    assert "drop --processes" in result.output
+
+
 def test_the_demo_refuses_a_wrong_database_url_with_a_clear_message() -> None:
     result = CliRunner().invoke(
         main, ["demo", "--database-url", "postgresql://u:hunter2@127.0.0.1:1/x"]
