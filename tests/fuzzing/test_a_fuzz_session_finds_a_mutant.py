@@ -91,7 +91,9 @@ def test_the_session_finds_the_mutant_and_reports_coverage(session: FuzzReport) 
     assert not session.ok, session.render()
     assert session.failures == {"queue": session.failures["queue"]}
     assert session.counts.examples > 0
-    assert session.counts.transitions["claim"] > 0, session.render()
+    # The session may stop at its very first program (a claim that waits on the held lock
+    # never commits), so the only transition every run records is the job's creation.
+    assert session.counts.transitions["create"] > 0, session.render()
     assert "FAILED: new failures in the example database: queue" in session.render()
 
 
