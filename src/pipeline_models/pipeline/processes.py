@@ -23,7 +23,7 @@ from pipeline_models.metrics import PipelineMetrics, refresh_forever, serve_metr
 from pipeline_models.pipeline.api import ApiSettings, create_api
 from pipeline_models.pipeline.budget import Budget
 from pipeline_models.pipeline.config import WorkerConfig
-from pipeline_models.pipeline.ratelimit import RateLimits
+from pipeline_models.pipeline.ratelimit import SharedRateLimits
 from pipeline_models.pipeline.reference import ReferencePipeline
 from pipeline_models.settings import Settings
 
@@ -44,7 +44,8 @@ def _pipeline(
         config=WorkerConfig(lease_seconds=settings.lease_seconds, prices=settings.prices),
         # No cap configured: no budget, and not a single budget query.
         budget=Budget() if settings.max_cost_usd is not None else None,
-        rate_limits=RateLimits(settings.rates),
+        # Limits are the services' and count every process: kept in the database.
+        rate_limits=SharedRateLimits(database, settings.rates) if settings.rates else None,
         metrics=metrics,
     )
 

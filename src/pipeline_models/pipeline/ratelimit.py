@@ -1,9 +1,13 @@
 """Client-side rate limits per service: requests and tokens per window, and Retry-After.
 
-One :class:`RateLimits` is shared by every job slot of a worker process. Each service has
-a request limit and optionally a token limit over a sliding window (a minute for the real
-services); a call waits until it fits. A server's Retry-After pauses the whole service
-for every slot, not only the step that saw it.
+Each service has a request limit and optionally a token limit over a sliding window (a
+minute for the real services); a call waits until it fits. A server's Retry-After pauses
+the whole service for every slot, not only the step that saw it.
+
+Two implementations with one interface: :class:`RateLimits` keeps the window in memory
+and is shared by every job slot of one worker process; :class:`SharedRateLimits` keeps
+it in Postgres and is shared by every process that uses the database, which is what a
+service counts when a team runs several workers against one API key.
 
 Why not a leaky bucket (``aiolimiter``): a bucket of N per minute lets N through at once
 and then drips, so a sliding minute can see nearly 2N, which is what a service's limit
@@ -11,7 +15,7 @@ counts and rejects. A sliding log of recent calls keeps every window at or under
 
 >>> import asyncio
 >>> limits = RateLimits({"embeddings": ServiceRate(requests=2, window_seconds=60)})
->>> waited = asyncio.run(limits.acquire("embeddings")); limits.used("embeddings")
+>>> waited = asyncio.run(limits.acquire("embeddings")); asyncio.run(limits.used("embeddings"))
 (1, 0)
 """
 
@@ -22,6 +26,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from pipeline_models.queries import Queries
+
+if TYPE_CHECKING:
+    from pipeline_models.database import Database
+
+RATE_LIMIT_QUERIES = Queries.load("ratelimit.sql")
 
 
 @dataclass(frozen=True)
@@ -82,12 +96,15 @@ class _Window:
                     break
         return max(waits)
 
-    async def acquire(self, tokens: int) -> float:
+    def check_fits(self, tokens: int) -> None:
         if self.rate.tokens is not None and tokens > self.rate.tokens:
             raise ValueError(
                 f"one call of {tokens} tokens can never fit a limit of {self.rate.tokens} "
                 f"tokens per {self.rate.window_seconds:g} s: make the batches smaller"
             )
+
+    async def acquire(self, tokens: int) -> float:
+        self.check_fits(tokens)
         started = self.monotonic()
         async with self.lock:
             # A wait that ends is the only event here: time passing frees the window.
@@ -123,16 +140,103 @@ class RateLimits:
             return 0.0
         return await window.acquire(tokens)
 
-    def pause(self, service: str, seconds: float) -> None:
+    async def pause(self, service: str, seconds: float) -> None:
         """The server said Retry-After: no slot calls ``service`` for ``seconds``."""
         window = self._windows.get(service)
         if window is not None and seconds > 0:
             window.paused_until = max(window.paused_until, self.monotonic() + seconds)
 
-    def used(self, service: str) -> tuple[int, int]:
+    async def used(self, service: str) -> tuple[int, int]:
         """Requests and tokens counted in ``service``'s current window."""
         window = self._windows.get(service)
         return (0, 0) if window is None else window.used()
 
+    async def aclose(self) -> None:
+        """Nothing to release: the windows live in this process."""
 
-__all__ = ["RateLimits", "ServiceRate"]
+
+class SharedRateLimits(RateLimits):
+    """Rate limits kept in Postgres, shared by every process using ``database``.
+
+    Each call asks the database (``take_rate_slot`` in ``sql/ratelimit.sql``) whether it
+    fits the service's window, which is counted across all processes; if not, it sleeps
+    for as long as the database says and asks again. Slots of one process queue on a
+    local lock first, so they are served in arrival order and ask one at a time. The
+    object holds one connection of its own, opened on first use and reopened if the
+    database drops it; a database that stays away fails the call (the step is retried).
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        rates: Mapping[str, ServiceRate] | None = None,
+    ) -> None:
+        super().__init__(rates)
+        self.database = database
+        self._turns = {service: asyncio.Lock() for service in self._windows}
+        self._connection: asyncpg.Connection | None = None
+        self._connection_lock = asyncio.Lock()  # one query at a time on the connection
+
+    async def _query(self, name: str, *args: object) -> Any:
+        async with self._connection_lock:
+            if self._connection is None or self._connection.is_closed():
+                connection = await self.database.connect(
+                    application_name="pipeline-models rate limits"
+                )
+                try:
+                    await connection.execute(RATE_LIMIT_QUERIES["install_rate_limits"].sql)
+                except BaseException:
+                    await connection.close()
+                    raise
+                self._connection = connection
+            try:
+                return await self._connection.fetchrow(RATE_LIMIT_QUERIES[name].sql, *args)
+            except BaseException:
+                # Dropped by the server, cancelled mid-query or refused: whatever state the
+                # connection is in, the next call starts on a new one; this call fails
+                # like any lost database call (the step is retried).
+                self._connection.terminate()
+                self._connection = None
+                raise
+
+    async def acquire(self, service: str, *, tokens: int = 0) -> float:
+        window = self._windows.get(service)
+        if window is None:
+            return 0.0
+        rate = window.rate
+        window.check_fits(tokens)
+        started = time.monotonic()
+        async with self._turns[service]:
+            while True:
+                row = await self._query(
+                    "take_rate_slot",
+                    service,
+                    rate.requests,
+                    rate.tokens,
+                    rate.window_seconds,
+                    tokens,
+                )
+                wait = float(row[0])
+                if wait <= 0:
+                    return time.monotonic() - started
+                await asyncio.sleep(wait + 1e-3)
+
+    async def pause(self, service: str, seconds: float) -> None:
+        if service in self._windows and seconds > 0:
+            await self._query("pause_service", service, float(seconds))
+
+    async def used(self, service: str) -> tuple[int, int]:
+        window = self._windows.get(service)
+        if window is None:
+            return (0, 0)
+        row = await self._query("used_rate_window", service, window.rate.window_seconds)
+        return int(row["requests"]), int(row["tokens"])
+
+    async def aclose(self) -> None:
+        async with self._connection_lock:
+            if self._connection is not None:
+                await self._connection.close()
+                self._connection = None
+
+
+__all__ = ["RateLimits", "ServiceRate", "SharedRateLimits"]

@@ -293,7 +293,10 @@ class ReferencePipeline:
         )
 
     async def aclose(self) -> None:
-        await self.services.aclose()
+        try:
+            await self.services.aclose()
+        finally:
+            await self.rate_limits.aclose()
 
     async def __aenter__(self) -> ReferencePipeline:
         return self

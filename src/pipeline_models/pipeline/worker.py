@@ -205,20 +205,26 @@ class Step:
             await self.renew_lease()
         breaker = self.worker.breakers[service]
         opened = await self._open_call(service, estimate)
+        sent = False
         try:
             breaker.before_call()
-            waited = await self.worker.rate_limits.acquire(
-                service, tokens=estimate.tokens if estimate is not None else 0
-            )
+            try:
+                waited = await self.worker.rate_limits.acquire(
+                    service, tokens=estimate.tokens if estimate is not None else 0
+                )
+            except BaseException:
+                breaker.release_trial()
+                raise
             if waited > 0.1 and self.config.renew_leases:
                 # A wait for the rate limit may have used up much of the lease: renew it
                 # now, or the call's result could not be committed.
                 await self.renew_lease()
+            sent = True
             result = await self._call(service, breaker, operation)
         except ServiceError as error:
             self._count_call(service, "transient" if error.transient else "permanent")
             if error.retry_after:
-                self.worker.rate_limits.pause(service, error.retry_after)
+                await self.worker.rate_limits.pause(service, error.retry_after)
             # An error status is the service refusing the request, unbilled; a circuit
             # that was open sent nothing. Anything else may have been billed.
             refused = error.status is not None or isinstance(error, CircuitOpenError)
@@ -226,7 +232,9 @@ class Step:
             raise
         except Exception:
             self._count_call(service, "error")
-            await self._settle(opened, estimate)
+            # Sent and lost: the service may have billed it. Not sent (the rate limits'
+            # database was unreachable, a call too large for them): it cost nothing.
+            await self._settle(opened, estimate if sent else None)
             raise
         self._count_call(service, "ok")
         if billed is not None:
