@@ -12,7 +12,7 @@ import codecs
 import email.utils
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
@@ -21,9 +21,13 @@ import httpx
 import openai
 
 from pipeline_models.errors import PermanentServiceError, ServiceError, TransientServiceError
+from pipeline_models.pipeline.jsonmember import JsonMemberError, JsonMemberScanner
 
 PARSER = "parser"
 EMBEDDINGS = "embeddings"
+
+STREAM_CHUNK_BYTES = 1 << 16
+"""Pieces in which the parser's results are read: no result is held whole."""
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -149,26 +153,13 @@ class ParserClient:
             pages=pages if isinstance(pages, int) else None,
         )
 
-    async def result_pages(self, parser_job_id: str) -> int:
-        """The pages the parser billed for a finished job (its result's ``job_metadata``)."""
-        response = await self._request(
-            "GET", f"/api/v1/parsing/job/{parser_job_id}/result/markdown"
-        )
-        metadata = self._json(response, "job_metadata")["job_metadata"]
-        pages = metadata.get("job_pages") if isinstance(metadata, dict) else None
-        if not isinstance(pages, int) or isinstance(pages, bool) or pages < 0:
-            raise TransientServiceError(
-                PARSER, f"malformed result: job_metadata.job_pages is {pages!r}"
-            )
-        return pages
+    async def _stream(self, path: str, consume: Callable[[bytes], object]) -> None:
+        """GET ``path`` and hand its body to ``consume`` piece by piece, never whole.
 
-    async def download_markdown(self, parser_job_id: str, out: BinaryIO) -> int:
-        """Stream the markdown result into ``out``; the number of bytes written."""
-        path = f"/api/v1/parsing/job/{parser_job_id}/result/raw/markdown"
-        written = 0
-        # Decoding as we go catches a garbled body here, as the service's transient fault
-        # it is, rather than later as a "bad document" that would be dead-lettered.
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+        An error status raises its classified ServiceError (with Retry-After), a timeout
+        or a transport failure a TransientServiceError; what ``consume`` raises passes
+        through for the caller to classify.
+        """
         try:
             async with self.http.stream("GET", path, headers=self._headers) as response:
                 if response.status_code >= 400:
@@ -180,19 +171,52 @@ class ParserClient:
                         retry_after_seconds(response.headers.get("retry-after")),
                         self._api_key,
                     )
-                async for piece in response.aiter_bytes(1 << 16):
-                    decoder.decode(piece)
-                    out.write(piece)
-                    written += len(piece)
-                decoder.decode(b"", final=True)
-        except UnicodeDecodeError as error:
-            raise TransientServiceError(
-                PARSER, f"malformed result: not valid UTF-8 at byte {written + error.start}"
-            ) from None
+                async for piece in response.aiter_bytes(STREAM_CHUNK_BYTES):
+                    consume(piece)
         except httpx.TimeoutException as error:
             raise TransientServiceError(PARSER, f"timed out: {type(error).__name__}") from error
         except httpx.TransportError as error:
             raise TransientServiceError(PARSER, f"connection failed: {error!r}") from error
+
+    async def result_pages(self, parser_job_id: str) -> int:
+        """The pages the parser billed for a finished job (its result's ``job_metadata``).
+
+        The JSON result also holds the whole markdown, so it is streamed through a
+        :class:`JsonMemberScanner` that keeps only ``job_metadata``.
+        """
+        scanner = JsonMemberScanner("job_metadata")
+        try:
+            await self._stream(f"/api/v1/parsing/job/{parser_job_id}/result/markdown", scanner.feed)
+            metadata = scanner.finish()
+        except JsonMemberError as error:
+            raise TransientServiceError(PARSER, f"malformed result: {error}") from None
+        pages = metadata.get("job_pages") if isinstance(metadata, dict) else None
+        if not isinstance(pages, int) or isinstance(pages, bool) or pages < 0:
+            raise TransientServiceError(
+                PARSER, f"malformed result: job_metadata.job_pages is {pages!r}"
+            )
+        return pages
+
+    async def download_markdown(self, parser_job_id: str, out: BinaryIO) -> int:
+        """Stream the markdown result into ``out``; the number of bytes written."""
+        written = 0
+        # Decoding as we go catches a garbled body here, as the service's transient fault
+        # it is, rather than later as a "bad document" that would be dead-lettered.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+
+        def consume(piece: bytes) -> None:
+            nonlocal written
+            decoder.decode(piece)
+            out.write(piece)
+            written += len(piece)
+
+        try:
+            await self._stream(f"/api/v1/parsing/job/{parser_job_id}/result/raw/markdown", consume)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as error:
+            raise TransientServiceError(
+                PARSER, f"malformed result: not valid UTF-8 at byte {written + error.start}"
+            ) from None
         return written
 
 
