@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 
 class PipelineModelsError(Exception):
     """Base class of every error raised by pipeline-models."""
@@ -77,7 +79,17 @@ class StorageError(PipelineModelsError):
 
 
 class BudgetExhaustedError(PipelineModelsError):
-    """The spending budget cannot cover the next billed call: the job is held, not failed."""
+    """The spending budget cannot cover the next billed call: the job is held, not failed.
+
+    ``budget_id`` and ``estimate_usd`` say which budget refused what, so the hold can
+    check again, under the budget's row lock, that a raise did not just make room."""
+
+    def __init__(
+        self, message: str, *, budget_id: str | None = None, estimate_usd: Decimal | None = None
+    ) -> None:
+        super().__init__(message)
+        self.budget_id = budget_id
+        self.estimate_usd = estimate_usd
 
 
 __all__ = [

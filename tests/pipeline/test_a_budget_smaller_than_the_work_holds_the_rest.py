@@ -11,6 +11,7 @@ import uuid
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -20,11 +21,14 @@ from pipeline_models.clock import SystemClock
 from pipeline_models.cluster import LocalCluster
 from pipeline_models.database import Database
 from pipeline_models.documents import markdown_document
+from pipeline_models.errors import BudgetExhaustedError
 from pipeline_models.lifecycle import BUDGET_HOLD
 from pipeline_models.pipeline.auth import TokenIssuer
 from pipeline_models.pipeline.budget import Budget
 from pipeline_models.pipeline.costs import PriceTable, Usage
+from pipeline_models.pipeline.ledger import Ledger
 from pipeline_models.pipeline.reference import ReferencePipeline
+from pipeline_models.pipeline.worker import BaseWorker, StepAction
 from tests.conftest import TEST_CONFIG, PipelineFactory, cluster_settings
 
 ALICE = uuid.UUID(int=1)
@@ -169,3 +173,38 @@ def test_worker_processes_with_a_max_cost_hold_until_the_budget_command_raises_i
         assert raised.returncode == 0, raised.stderr
         assert "released 2 held jobs" in raised.stdout
         wait_for([("embedded", "done", None)] * 2)
+
+
+@pytest.mark.anyio
+async def test_a_raise_between_the_refusal_and_the_hold_does_not_leave_the_job_held(
+    make_pipeline: PipelineFactory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race the checker found: the budget refuses a call, the operator raises it and
+    # releases the held jobs, and only then does the worker hold its job, which no
+    # release would see until the next raise.
+    budget = Budget()
+    pipeline = make_pipeline(config=CONFIG, budget=budget)
+    await pipeline.upload(db, user_id=ALICE, document=DOCUMENTS[0])
+    await budget.set_limit(db, Decimal("0"), pipeline.clock.now())
+
+    class RaisedRightAfterRefusing(Ledger):
+        async def open(self, *args: Any, **options: Any) -> int:
+            try:
+                return await super().open(*args, **options)
+            except BudgetExhaustedError:
+                await budget.set_limit(db, Decimal("100"), pipeline.clock.now())
+                raise
+
+    monkeypatch.setattr(
+        BaseWorker,
+        "ledger",
+        property(lambda w: RaisedRightAfterRefusing(budget_id=budget.budget_id, queries=w.queries)),
+    )
+    async with pipeline.worker(name="w") as worker:
+        await worker.run_once()  # validated
+        report = await worker.run_once()  # the parse is refused; the raise lands
+        assert report.action is StepAction.REQUEUED, report
+        assert await states(db) == [("queued", None)]
+        monkeypatch.undo()
+        while await db.fetchval("SELECT state <> 'done' FROM upload_jobs"):
+            await worker.run_once()

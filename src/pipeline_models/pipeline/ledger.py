@@ -92,7 +92,9 @@ class Ledger:
             raise BudgetExhaustedError(
                 f"the budget cannot cover the next {service} call of {job_id} "
                 f"(estimated {estimate_usd} USD): raise it with 'pipeline-models budget "
-                "--max-cost'"
+                "--max-cost'",
+                budget_id=self.budget_id,
+                estimate_usd=estimate_usd,
             )
         return int(row["call_id"])
 

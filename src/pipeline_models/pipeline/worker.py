@@ -656,7 +656,7 @@ class BaseWorker:
             return self._lease_lost(job, error)
         except BudgetExhaustedError as error:
             try:
-                result = await self._hold(step, str(error))
+                result = await self._hold(step, error)
             except LeaseLostError as lost:
                 return self._lease_lost(job, lost)
             except _CONNECTION_ERRORS as lost_connection:
@@ -696,13 +696,32 @@ class BaseWorker:
             f"{self.name} lost its database connection: {describe(error)}"
         )
 
-    async def _hold(self, step: Step, reason: str) -> StepResult:
-        """Give the job back held for the budget: not failed, not counted, not claimable."""
+    async def _hold(self, step: Step, refused: BudgetExhaustedError) -> StepResult:
+        """Give the job back held for the budget: not failed, not counted, not claimable.
+
+        Unless the budget was raised since it refused the call: a raise releases only
+        the jobs already held, so holding this one now would leave it held until the
+        next raise. The check and the hold are one transaction under the budget's row
+        lock, which the raise takes too."""
         job = step.job
         async with step.commit() as connection:
+            still_short = (
+                refused.budget_id is None
+                or refused.estimate_usd is None
+                or await connection.fetchval(
+                    self.queries["budget_still_short"].sql,
+                    refused.budget_id,
+                    refused.estimate_usd,
+                )
+                is not False
+            )
+            if not still_short:
+                return await step.requeue(
+                    connection, delay=0, progress=False, action="budget_raised"
+                )
             await step.move(connection, "hold_job", job.job_id, self.name, step.now(), BUDGET_HOLD)
             await step.event(connection, "held", state=State.QUEUED.value, held_for=BUDGET_HOLD)
-        return StepResult(StepAction.HELD, job.job_id, job.stage, reason)
+        return StepResult(StepAction.HELD, job.job_id, job.stage, str(refused))
 
     async def _record_failure(self, step: Step, failure: Failure) -> StepResult:
         job = step.job

@@ -449,6 +449,17 @@ SET state = 'queued', owner = NULL, lease_expires_at = NULL, next_attempt_at = $
 WHERE job_id = $1 AND owner = $2 AND state = 'working' AND lease_expires_at > $3;
 
 
+-- name: budget_still_short
+-- In the transaction that holds a job: does the budget still lack room for its call?
+-- FOR SHARE waits for a raise in progress and then reads the raised row, so a hold and
+-- a raise cannot miss each other: the raise commits first and the job is not held, or
+-- the hold commits first and the raise's release_held_jobs sees it. No row: no budget.
+-- $1 budget_id text, $2 estimated_usd numeric
+SELECT spent_usd + reserved_usd + $2 > limit_usd AS short
+FROM spending_budget WHERE budget_id = $1
+FOR SHARE;
+
+
 -- name: release_held_jobs
 -- The budget was raised: every held job is claimable again, due now.
 -- $1 held_for text, $2 now timestamptz
