@@ -88,6 +88,9 @@ CLOCK_STEPS = (1, 3, 10, 31, 61, 301)
 BUDGET_LIMITS_USD = tuple(Decimal(limit) for limit in ("0", "0.003", "0.012", "1"))
 # A few documents are enough to interleave; more only lengthen every drain.
 MAX_DOCUMENTS = 4
+# A cap, then perhaps a raise: a rule free to fire all program long would keep most
+# documents held before their parse, and every later stage would go unexplored.
+MAX_SPENDING_CAPS = 2
 # Where run_worker_until stops a worker: after an external call's effects are out in the
 # world, and with the writes done but not committed.
 PAUSE_POINTS = (Checkpoint.AFTER_CALL.value, Checkpoint.BEFORE_COMMIT.value)
@@ -208,6 +211,7 @@ class QueueMachine(RuleBasedStateMachine):
             # Counted here, not read from the database: a precondition must not depend on
             # how a race came out, or Hypothesis cannot replay the program.
             self.new_documents = 0
+            self.spending_caps = 0
             # Where each worker last parked: a crash there is its own behaviour to cover.
             self.parked_at: dict[str, object] = {}
             # What Hypothesis's target phase climbs (see _aim): how far documents got,
@@ -495,10 +499,12 @@ class PipelineMachine(QueueMachine):
         _fault_events("embeddings", plan)
         self.dirty = False
 
+    @precondition(lambda self: self.spending_caps < MAX_SPENDING_CAPS)
     @rule(limit=st.sampled_from(BUDGET_LIMITS_USD))
     def cap_the_spending(self, limit: Decimal) -> None:
         """The operator caps the run's spending, or raises the cap (never lowers it):
         a cap below the next call's estimate holds its job, a raise releases it."""
+        self.spending_caps += 1
         self._run(self.pipeline.raise_budget(limit))
         event(f"spending capped at {limit} USD")
 
