@@ -110,14 +110,18 @@ class ParserClient:
         except httpx.TransportError as error:
             raise TransientServiceError(PARSER, f"connection failed: {error!r}") from error
         if response.status_code >= 400:
-            raise _status_error(
-                PARSER,
-                response.status_code,
-                response.text,
-                retry_after_seconds(response.headers.get("retry-after")),
-                self._api_key,
-            )
+            raise self._refused(response)
         return response
+
+    def _refused(self, response: httpx.Response) -> ServiceError:
+        """The classified error of a read response with an error status."""
+        return _status_error(
+            PARSER,
+            response.status_code,
+            response.text,
+            retry_after_seconds(response.headers.get("retry-after")),
+            self._api_key,
+        )
 
     @staticmethod
     def _json(response: httpx.Response, *fields: str) -> dict[str, object]:
@@ -164,13 +168,7 @@ class ParserClient:
             async with self.http.stream("GET", path, headers=self._headers) as response:
                 if response.status_code >= 400:
                     await response.aread()
-                    raise _status_error(
-                        PARSER,
-                        response.status_code,
-                        response.text,
-                        retry_after_seconds(response.headers.get("retry-after")),
-                        self._api_key,
-                    )
+                    raise self._refused(response)
                 async for piece in response.aiter_bytes(STREAM_CHUNK_BYTES):
                     consume(piece)
         except httpx.TimeoutException as error:
