@@ -223,12 +223,14 @@ class Step:
             result = await self._call(service, breaker, operation)
         except ServiceError as error:
             self._count_call(service, "transient" if error.transient else "permanent")
-            if error.retry_after:
-                await self.worker.rate_limits.pause(service, error.retry_after)
             # An error status is the service refusing the request, unbilled; a circuit
             # that was open sent nothing. Anything else may have been billed.
             refused = error.status is not None or isinstance(error, CircuitOpenError)
             await self._settle(opened, None if refused else estimate)
+            if error.retry_after:
+                # After the settle: shared limits that cannot be reached must not leave
+                # the call in flight.
+                await self.worker.rate_limits.pause(service, error.retry_after)
             raise
         except Exception:
             self._count_call(service, "error")
