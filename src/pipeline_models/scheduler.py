@@ -119,8 +119,10 @@ class CheckpointScheduler:
         self.free = False
         self._admin: asyncpg.Connection | None = None
         # Background operations are recognised in pg_stat_activity by the
-        # application_name of the connections they use.
+        # application_name of the connections they use, and once seen waiting, by the
+        # backend they wait in (several requests share one application_name).
         self._application_names: dict[int, str] = {}
+        self._backends: dict[int, int] = {}
 
     async def start(self) -> None:
         self._admin = await self._new_connection("pipeline-models scheduler")
@@ -190,6 +192,12 @@ class CheckpointScheduler:
         if slot.crashed:
             raise SchedulerError(f"worker {name!r} has crashed; restart it under a new name")
         return slot
+
+    def mid_step(self, name: str) -> bool:
+        """Whether ``name`` is inside a step (parked, blocked or running): its next step
+        continues a claim made earlier instead of claiming."""
+        slot = self.slots.get(name)
+        return slot is not None and slot.task is not None and not slot.task.done()
 
     async def step(self, name: str) -> StepReport:
         """Resume ``name`` until its next checkpoint, the end of its step, or a lock wait."""
@@ -302,39 +310,66 @@ class CheckpointScheduler:
         Returns (True, result) when it completed, (False, None) when it is blocked on a
         lock held by a parked worker; it then completes by itself later, and
         :meth:`settle_background` returns what it returned.
+
+        Requests share their application_name (the API's pool), so an earlier request
+        still blocked must not be taken for this one: this one is blocked when a backend
+        of its name waits that did not wait before it started.
         """
+        already_waiting = await self._waiting_backends(application_name)
         task = asyncio.ensure_future(operation())
         self._application_names[id(task)] = application_name
-        blocked = await self._settle_background(label, task)
+        blocked = await self._settle_background(label, task, already_waiting=already_waiting)
         if blocked:
             self.background.append((label, task))
             return False, None
         return True, task.result()
 
     async def _settle_background(
-        self, label: str, task: asyncio.Future[Any], *, was_blocked: bool = False
+        self,
+        label: str,
+        task: asyncio.Future[Any],
+        *,
+        was_blocked: bool = False,
+        already_waiting: frozenset[int] = frozenset(),
     ) -> bool:
         deadline = time.monotonic() + HANG_SECONDS
-        name = self._application_names.get(id(task))
-        if was_blocked and name is not None and await self._application_waits_on_lock(name):
+        if was_blocked and await self._waits_on_lock(self._backends.get(id(task))):
             return True
         while not task.done():
             await asyncio.wait({task}, timeout=_POLL_SECONDS)
             if task.done():
                 break
-            if name is not None and await self._application_waits_on_lock(name):
+            if await self._task_waits_on_lock(task, already_waiting):
                 return True
             if time.monotonic() > deadline:
                 raise SchedulerError(f"{label} neither finished nor blocked in {HANG_SECONDS} s")
+        self._backends.pop(id(task), None)
+        self._application_names.pop(id(task), None)
         return False
 
-    async def _application_waits_on_lock(self, application_name: str) -> bool:
-        waiting = await self.admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
+    async def _task_waits_on_lock(self, task: asyncio.Future[Any], ignore: frozenset[int]) -> bool:
+        """Whether ``task``'s backend waits on a lock: the one it was seen waiting in
+        before, or else a backend of its application_name newly waiting."""
+        backend = self._backends.get(id(task))
+        if backend is not None:
+            return await self._waits_on_lock(backend)
+        name = self._application_names.get(id(task))
+        if name is None:
+            return False
+        known = ignore | set(self._backends.values())
+        new = sorted((await self._waiting_backends(name)) - known)
+        if not new:
+            return False
+        self._backends[id(task)] = new[0]
+        return True
+
+    async def _waiting_backends(self, application_name: str) -> frozenset[int]:
+        rows = await self.admin.fetch(
+            "SELECT pid FROM pg_stat_activity "
             "WHERE application_name = $1 AND wait_event_type = 'Lock'",
             application_name,
         )
-        return bool(waiting)
+        return frozenset(row["pid"] for row in rows)
 
     async def settle_background(self) -> list[tuple[str, Any]]:
         """Finished background operations (label, result or exception), removed."""
@@ -343,6 +378,8 @@ class CheckpointScheduler:
             label, task = entry
             if task.done():
                 self.background.remove(entry)
+                self._backends.pop(id(task), None)
+                self._application_names.pop(id(task), None)
                 error = task.exception()
                 finished.append((label, error if error is not None else task.result()))
         return finished
