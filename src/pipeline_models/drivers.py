@@ -37,7 +37,7 @@ from pipeline_models.database import Database
 from pipeline_models.documents import Document, markdown_document
 from pipeline_models.fakes import FaultPlan, WebhookDelivery
 from pipeline_models.history import AUDIT_TABLE, History, install_audit
-from pipeline_models.invariants import Expectations, Observation
+from pipeline_models.invariants import Expectations, Observation, TextsSent
 from pipeline_models.lifecycle import Stage, State
 from pipeline_models.model import ExpectedOutcome, expected_outcome
 from pipeline_models.pipeline.api import ApiRuntime, ApiSettings, create_api
@@ -265,6 +265,7 @@ class ReferenceDriver:
         self._waiting_claims: dict[str, uuid.UUID | None] = {}
         self._calls_started: dict[str, tuple[uuid.UUID, datetime]] = {}
         self._texts_seen: dict[str, int] = {}
+        self._texts_sent: list[TextsSent] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -354,7 +355,9 @@ class ReferenceDriver:
     async def step(self, name: str) -> StepReport:
         if self.whole_steps:
             return await self.step_whole(name)
+        continued = self._scheduler.mid_step(name)
         report = self._note_waiting_claim(await self._scheduler.step(name))
+        self._collect_texts(name, continued=continued)
         if report.checkpoint is Checkpoint.BEFORE_CALL and report.job_id is not None:
             self._calls_started[name] = (report.job_id, self.clock.now())
         self.clock.advance(self.seconds_per_step)
@@ -362,12 +365,15 @@ class ReferenceDriver:
 
     async def step_whole(self, name: str) -> StepReport:
         """Run ``name`` through one whole step (claim to commit), blocked or not."""
+        continued = self._scheduler.mid_step(name)
         report = self._note_waiting_claim(await self._scheduler.step_whole(name))
+        self._collect_texts(name, continued=continued)
         self.clock.advance(self.seconds_per_step)
         return report
 
     async def step_together(self, names: Sequence[str]) -> list[StepReport]:
         reports = await self._scheduler.step_together(names)
+        self._collect_texts(None)  # who sent what cannot be told apart
         self.clock.advance(self.seconds_per_step)
         return [self._note_waiting_claim(report) for report in reports]
 
@@ -404,6 +410,7 @@ class ReferenceDriver:
         self._held_job = None
         # Whoever waited on the lock moves now: to its next checkpoint, before the next rule.
         await self._scheduler.settle_all()
+        self._collect_texts(None)
 
     async def crash(self, name: str) -> None:
         await self._scheduler.crash(name)
@@ -605,16 +612,24 @@ class ReferenceDriver:
             },
         )
 
-    def _take_embedded_texts(self) -> dict[uuid.UUID, list[str]]:
+    def _collect_texts(self, sender: str | None, *, continued: bool = False) -> None:
+        """Attribute the texts the embeddings service answered since the last collection
+        to ``sender``, the worker just stepped (the service tags each request with its
+        document id, never with a worker)."""
         fakes = self._pipeline.fakes
         assert fakes is not None
-        new: dict[uuid.UUID, list[str]] = {}
         for user, texts in fakes.embeddings.texts_by_user.items():
             seen = self._texts_seen.get(user, 0)
             if len(texts) > seen:
-                new[uuid.UUID(user)] = texts[seen:]
+                self._texts_sent.append(
+                    TextsSent(uuid.UUID(user), tuple(texts[seen:]), sender, continued)
+                )
                 self._texts_seen[user] = len(texts)
-        return new
+
+    def _take_embedded_texts(self) -> tuple[TextsSent, ...]:
+        self._collect_texts(None)
+        sent, self._texts_sent = tuple(self._texts_sent), []
+        return sent
 
     def _take_calls_started(self) -> dict[str, tuple[uuid.UUID, datetime]]:
         started, self._calls_started = self._calls_started, {}
@@ -670,7 +685,9 @@ class ReferenceDriver:
         for _ in range(max_rounds):
             progressed = False
             for name in names:
+                continued = self._scheduler.mid_step(name)
                 report = await self._scheduler.run_whole_step(name)
+                self._collect_texts(name, continued=continued)
                 self.drain_steps += 1
                 if report.outcome not in (Outcome.IDLE, Outcome.BLOCKED):
                     progressed = True

@@ -77,6 +77,26 @@ class Expectations:
 
 
 @dataclass(frozen=True)
+class TextsSent:
+    """Texts one worker step sent to the embeddings service for one document.
+
+    ``sender`` is the worker the checker was stepping when they went out (None when it
+    cannot tell: several workers ran at once). ``continued``: the step resumed a claim
+    the sender made in an earlier step (it was parked mid-step), rather than claiming
+    in this one; only such a send can come from a worker whose job was taken over
+    while it paused.
+
+    >>> TextsSent(uuid.UUID(int=1), ("a text",), sender="w1").continued
+    False
+    """
+
+    document_id: uuid.UUID
+    texts: Sequence[str]
+    sender: str | None = None
+    continued: bool = False
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the database and the fakes show now.
 
@@ -98,8 +118,8 @@ class Observation:
     waiting_claims: Mapping[str, uuid.UUID | None] = field(default_factory=dict)
     # Workers that reached the start of an external call, with their job and the time.
     calls_started: Mapping[str, tuple[uuid.UUID, datetime]] = field(default_factory=dict)
-    # Texts sent to the embeddings service since the last check, by document id.
-    embedded_texts: Mapping[uuid.UUID, Sequence[str]] = field(default_factory=dict)
+    # Texts sent to the embeddings service since the last check, in the order sent.
+    embedded_texts: Sequence[TextsSent] = ()
     # What the services billed so far, by their own counters (None: not known).
     services_billed: Mapping[str, Usage] | None = None
 
@@ -991,17 +1011,37 @@ def _committed_embeddings_sent_again(
 
     A crash may repeat the batch in flight, never one whose progress was recorded: a
     chunk below the job's embeddings_done (as it stood before this check's changes) is
-    paid for twice if it is sent again.
+    paid for twice if it is sent again by a worker that holds the job.
+
+    One resend is waste no worker can rule out: a worker that pauses between its last
+    lease check and its request for longer than its lease sends that request after
+    another worker has taken the job over and committed the same batch. Such a zombie
+    commits nothing (fencing) and its call is settled by the take-over (billing), and
+    the take-over counts as an interruption in :func:`cost`'s bound, so the waste is one
+    batch per lost lease. A send is a zombie's when it continued a claim made in an
+    earlier step and, before this check's changes, the job's last change left it out
+    of the sender's hands.
     """
     found: list[Violation] = []
     if not observation.embedded_texts:
         return found
     done_before: dict[uuid.UUID, int] = {}
+    last_before: dict[uuid.UUID, JobChange] = {}
     earlier = len(observation.history) - len(observation.changes)
     for change in observation.history[:earlier]:
+        last_before[change.document_id] = change
         if change.new_embeddings_done is not None:
             done_before[change.document_id] = change.new_embeddings_done
-    for document_id, texts in sorted(observation.embedded_texts.items()):
+    for sent in observation.embedded_texts:
+        document_id = sent.document_id
+        last = last_before.get(document_id)
+        if (
+            sent.continued
+            and sent.sender is not None
+            and last is not None
+            and not (last.new_state == _WORKING and last.new_owner == sent.sender)
+        ):
+            continue  # a zombie's one late batch: bounded by cost's interruption count
         done = done_before.get(document_id, 0)
         # A text may repeat within a document: it counts as committed only if every
         # chunk carrying it is below the mark.
@@ -1009,9 +1049,10 @@ def _committed_embeddings_sent_again(
         for chunk in expectations.planned(document_id):
             last_ordinal[chunk.text] = max(chunk.ordinal, last_ordinal.get(chunk.text, -1))
         again = sorted(
-            {last_ordinal[text] for text in texts if last_ordinal.get(text, done) < done}
+            {last_ordinal[text] for text in sent.texts if last_ordinal.get(text, done) < done}
         )
         if again:
+            by = f"{sent.sender} (holding the job)" if sent.sender is not None else "a worker"
             found.append(
                 Violation(
                     "cost",
@@ -1020,7 +1061,7 @@ def _committed_embeddings_sent_again(
                     job_id=_job_of(observation._rows, document_id),
                     document_id=document_id,
                     expected=f"only chunks from ordinal {done} on (embeddings_done {done})",
-                    observed=f"ordinals {again} sent again",
+                    observed=f"{by} sent ordinals {again} again",
                 )
             )
     return found
@@ -1404,6 +1445,7 @@ __all__ = [
     "Invariant",
     "InvariantViolation",
     "Observation",
+    "TextsSent",
     "Violation",
     "assert_invariants",
     "buffers",

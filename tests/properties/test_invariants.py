@@ -29,6 +29,7 @@ from pipeline_models.invariants import (
     Expectations,
     InvariantViolation,
     Observation,
+    TextsSent,
     Violation,
     assert_invariants,
     check,
@@ -1084,19 +1085,50 @@ def test_cost_fires_when_a_committed_chunk_is_embedded_again(world: World) -> No
     chunks = world.outcomes[GAMMA_ID].chunks
     found = check(
         # Sent after everything in the history so far: nothing new to check but the texts.
-        world.observation(changes=(), embedded_texts={GAMMA_ID: [chunks[0].text, chunks[2].text]}),
+        world.observation(
+            changes=(), embedded_texts=[TextsSent(GAMMA_ID, [chunks[0].text, chunks[2].text])]
+        ),
         world.expectations(),
         names=["cost"],
     )
     violation = assert_fired(found, "cost", document=GAMMA_ID, says="already committed")
-    assert violation.observed == "ordinals [0] sent again"
+    assert violation.observed == "a worker sent ordinals [0] again"
 
 
 def test_cost_allows_the_batch_in_flight_to_be_sent_again(world: World) -> None:
     chunks = world.outcomes[GAMMA_ID].chunks
     texts = [chunk.text for chunk in chunks[2:4]]
-    observation = world.observation(changes=(), embedded_texts={GAMMA_ID: texts})
+    observation = world.observation(changes=(), embedded_texts=[TextsSent(GAMMA_ID, texts)])
     assert check(observation, world.expectations(), names=["cost"]) == []
+
+
+def test_cost_allows_a_zombie_its_one_late_batch(world: World) -> None:
+    # Worker-1 paused before its request past its lease; worker-2 took gamma over and
+    # committed the first batch; then worker-1's request for that batch went out.
+    first_batch = [chunk.text for chunk in world.outcomes[GAMMA_ID].chunks[:2]]
+    late = TextsSent(GAMMA_ID, first_batch, sender=W1, continued=True)
+    observation = world.observation(changes=(), embedded_texts=[late])
+    assert check(observation, world.expectations(), names=["cost"]) == []
+
+
+@pytest.mark.parametrize(
+    ("sender", "continued"),
+    [
+        (W2, True),  # the holder, mid-step: it planned from stale progress
+        (W1, False),  # claimed in this very step, so it held the job when it sent
+        (None, True),  # nobody can say who sent it: judged as the holder's
+    ],
+)
+def test_cost_fires_when_a_worker_holding_the_job_sends_a_committed_batch_again(
+    world: World, sender: str | None, continued: bool
+) -> None:
+    first_batch = [chunk.text for chunk in world.outcomes[GAMMA_ID].chunks[:2]]
+    again = TextsSent(GAMMA_ID, first_batch, sender=sender, continued=continued)
+    found = check(world.observation(changes=(), embedded_texts=[again]), world.expectations(),
+                  names=["cost"])  # fmt: skip
+    violation = assert_fired(found, "cost", document=GAMMA_ID, says="already committed")
+    assert violation.observed is not None
+    assert violation.observed.endswith("sent ordinals [0, 1] again")
 
 
 def test_cost_allows_one_repeated_batch_per_interruption(world: World) -> None:
