@@ -142,17 +142,10 @@ def check(database_url: str | None, profile: str, machine: str, max_examples: in
     "--shrink-seconds", default=30.0, show_default=True, help="Time allowed to shrink a kill."
 )
 @click.option(
-    "--reference-runs",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Also run the unchanged pipeline this many times with random seeds (no false alarms).",
-)
-@click.option(
     "--catalog/--no-catalog",
     default=True,
     show_default=True,
-    help="Run the mutants (--no-catalog with --reference-runs: only the false-alarm runs).",
+    help="Run the mutants (--no-catalog: only the control, the unmodified package).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def mutants(
@@ -163,22 +156,25 @@ def mutants(
     max_examples: int,
     rounds: int,
     shrink_seconds: float,
-    reference_runs: int,
     catalog: bool,
     as_json: bool,
 ) -> None:
     """Prove the checker bites: run it, and two baselines, against a catalog of bugs.
 
     Each mutant is one realistic bug planted in a scratch copy of the reference pipeline.
-    Exits 1 if any mutant survives the checker, or the unchanged pipeline fails a run.
+    First the control: the unmodified package, copied and run the same way on the same
+    schedule (every round). A kill counts only in a round the control passed, so if the
+    control fails anywhere nothing is counted and the run fails. Exits 1 then, or if
+    any mutant survives the checker.
     """
     from pipeline_models.database import Database
     from pipeline_models.mutants.catalog import BY_NAME, CATALOG
     from pipeline_models.mutants.runner import (
+        MutantReport,
         RunOptions,
+        format_control,
         format_report,
-        run_mutants,
-        run_reference,
+        run_campaign,
         to_json,
     )
 
@@ -192,6 +188,11 @@ def mutants(
             f"no mutant {', '.join(unknown)}; the catalog: {', '.join(BY_NAME)}"
         )
     chosen = ([BY_NAME[name] for name in only] if only else list(CATALOG)) if catalog else []
+
+    def say(text: str) -> None:
+        if not as_json:
+            click.echo(text, err=True)
+
     try:
         with Database.from_environment(database_url) as database:
             options = RunOptions(
@@ -201,47 +202,40 @@ def mutants(
                 rounds=rounds,
                 shrink_seconds=shrink_seconds,
             )
-            if not as_json:
-                click.echo(
-                    f"pipeline-models mutants: {len(chosen)} mutants x {', '.join(chosen_sides)}, "
-                    f"{jobs} processes, {database.display_url}",
-                    err=True,
-                )
-
-            def progress(report: object) -> None:
-                if not as_json:
-                    name = getattr(report, "name", "")
-                    verdict = "killed" if report.killed_by("checker") else "survived"  # type: ignore[attr-defined]
-                    click.echo(f"  {name}: {verdict}", err=True)
-
-            reports = run_mutants(chosen, options, jobs=jobs, on_result=progress)
-            references = (
-                run_reference(list(range(reference_runs)), options, jobs=jobs)
-                if reference_runs
-                else []
+            say(
+                f"pipeline-models mutants: {len(chosen)} mutants x {', '.join(chosen_sides)}, "
+                f"{jobs} processes, {database.display_url}"
             )
+            say("  first the control: the unmodified package, every round")
+
+            def progress(report: MutantReport) -> None:
+                verdict = "killed" if report.killed_by("checker") else "survived"
+                say(f"  {report.name}: {verdict}")
+
+            campaign = run_campaign(chosen, options, jobs=jobs, on_result=progress)
     except PipelineModelsError as error:
         raise click.ClickException(str(error)) from None
+    reports = campaign.mutants
     if as_json:
-        click.echo(to_json([*reports, *references], chosen_sides))
+        click.echo(to_json(reports, chosen_sides, control=campaign.control, options=options))
     else:
+        click.echo(format_control(campaign.control, options))
+        if campaign.failures:
+            click.echo("\nTHE UNMODIFIED PACKAGE FAILED ITS OWN SCHEDULE: no kill is counted.")
+            for failure in campaign.failures:
+                click.echo(f"  {failure}")
+            click.echo(
+                "Each is a false alarm of the checker or a bug of the reference pipeline: "
+                "explain and fix it before counting kills."
+            )
         if reports:
+            click.echo("")
             click.echo(format_report(reports, chosen_sides))
-        for reference in references:
-            result = reference.sides.get("checker")
-            if reference.error or result is None:
-                verdict = f"ERROR {reference.error}"
-            elif result.killed:
-                verdict = f"FALSE ALARM: {result.detail}"
-            else:
-                verdict = f"passed ({result.examples} examples, {result.seconds:.0f} s)"
-            click.echo(f"{reference.name}: {verdict}")
     survived = "checker" in chosen_sides and any(
         not report.killed_by("checker") for report in reports
     )
-    false_alarm = any(reference.error or reference.killed_by("checker") for reference in references)
     failed = any(report.error for report in reports)
-    sys.exit(1 if survived or false_alarm or failed else 0)
+    sys.exit(1 if campaign.failures or survived or failed else 0)
 
 
 _EXAMPLE_DATABASE = click.option(

@@ -76,4 +76,13 @@ class Mutant:
         return destination
 
 
-__all__ = ["PACKAGE_ROOT", "Edit", "Machine", "Mutant", "MutantError"]
+UNMODIFIED = Mutant(
+    "reference",
+    "control",
+    "none: the unmodified package, copied and run exactly as every mutant is",
+    "",
+    edits=(),
+)
+"""The control of every mutant run: no edits. Its rounds must pass for a kill to count."""
+
+__all__ = ["PACKAGE_ROOT", "UNMODIFIED", "Edit", "Machine", "Mutant", "MutantError"]

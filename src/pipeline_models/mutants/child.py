@@ -14,8 +14,12 @@ The sides:
   interleave only between whole steps;
 * ``examples``: the example-based suite (:mod:`pipeline_models.mutants.examples`).
 
-``--seed`` runs the checker side with random generation from that seed instead of the
-derandomized ci profile (the reference's no-false-alarm runs).
+The search runs in rounds (``--rounds``): the derandomized ci profile first, then
+random generation from seed 1, 2, ... (``--seed`` moves the first round to that seed).
+A mutant's search stops at its first reproducible failure; with ``--every-round`` (the
+control run of the unmodified package) every round runs to the end, so the runner
+knows which rounds the reference passed. A failure Hypothesis could not reproduce
+(``Flaky``) is recorded for its round and never counts as a kill.
 """
 
 from __future__ import annotations
@@ -42,12 +46,29 @@ from pipeline_models.profiles import machine_settings
 SIDES = ("checker", "coarse", "examples")
 
 
+FLAKY = "flaky (not reproducible)"
+
+
+@dataclass
+class RoundResult:
+    """One round of the search: its seed (None: the derandomized ci round) and outcome."""
+
+    round: int  # 1-based
+    seed: int | None
+    failed: bool
+    examples: int
+    seconds: float
+    flaky: bool = False  # failed, but Hypothesis could not reproduce the failure
+    fired: list[str] = field(default_factory=list)
+    detail: str | None = None
+
+
 @dataclass
 class SideResult:
     """How one side did against one mutant."""
 
     side: str
-    killed: bool
+    killed: bool  # a reproducible failure (flaky ones are recorded in rounds, never kills)
     seconds: float  # the whole side, shrinking included
     seconds_to_kill: float | None = None  # to the first failing example
     examples_to_kill: int | None = None
@@ -55,6 +76,16 @@ class SideResult:
     program: list[str] = field(default_factory=list)  # the shrunk program's rules
     fired: list[str] = field(default_factory=list)  # invariants, or what else failed
     detail: str | None = None  # the failure's first line
+    killed_in_round: int | None = None  # 1-based; None for the example suite
+    rounds: list[RoundResult] = field(default_factory=list)  # the search's rounds, in order
+
+    def __post_init__(self) -> None:
+        # Read back from JSON, the rounds are dicts.
+        self.rounds = [r if isinstance(r, RoundResult) else RoundResult(**r) for r in self.rounds]
+
+    @property
+    def failed_rounds(self) -> list[RoundResult]:
+        return [result for result in self.rounds if result.failed]
 
 
 def _fired(error: BaseException) -> tuple[list[str], str]:
@@ -63,7 +94,7 @@ def _fired(error: BaseException) -> tuple[list[str], str]:
         names = sorted({violation.invariant for violation in error.violations})
         return names, str(error.violations[0])
     if isinstance(error, Flaky):
-        return ["flaky (not reproducible)"], str(error).splitlines()[0]
+        return [FLAKY], str(error).splitlines()[0]
     if isinstance(error, AssertionError):
         return ["api contract"], (str(error).splitlines() or [""])[0]
     return [f"error: {type(error).__name__}"], (str(error).splitlines() or [""])[0]
@@ -97,15 +128,33 @@ def _machine(layer: str, *, whole_steps: bool, drain: bool = True) -> type[machi
     return Mutant
 
 
+def round_seeds(rounds: int, first_seed: int | None = None) -> list[int | None]:
+    """The schedule: the seed of each round (None: the derandomized ci round).
+
+    >>> round_seeds(3)
+    [None, 1, 2]
+    >>> round_seeds(2, first_seed=7)
+    [7, 8]
+    """
+    first = first_seed or 0
+    return [first_seed if index == 0 else first + index for index in range(rounds)]
+
+
 def run_machine(
-    layer: str, *, whole_steps: bool, max_examples: int, seed: int | None, rounds: int = 1
+    layer: str,
+    *,
+    whole_steps: bool,
+    max_examples: int,
+    seed: int | None,
+    rounds: int = 1,
+    every_round: bool = False,
 ) -> SideResult:
-    """Search in up to ``rounds`` rounds of ``max_examples`` examples, stop at the first
-    failure, shrink it. The first round is the derandomized ci profile (or ``seed``); each
-    further round generates from the next seed. One fixed sequence of programs finds a
-    bug, or not, by the luck of its draw (a bug found in the first examples of a
-    3,000-example run can go unfound in a 1,000-example run); several short sequences
-    are a fairer trial than one long one.
+    """Search in up to ``rounds`` rounds of ``max_examples`` examples (see
+    :func:`round_seeds`), stop at the first reproducible failure and shrink it; with
+    ``every_round``, run every round whatever happens (the control run). One fixed
+    sequence of programs finds a bug, or not, by the luck of its draw (a bug found in
+    the first examples of a 3,000-example run can go unfound in a 1,000-example run);
+    several short sequences are a fairer trial than one long one.
 
     Once the first failure is known to fire before the drain, the drains stop (half of
     every shrinking attempt's time, and no part of the failure being shrunk). The time
@@ -113,13 +162,36 @@ def run_machine(
     side = "coarse" if whole_steps else "checker"
     started = time.perf_counter()
     examples = 0
-    for round_ in range(rounds):
-        round_seed = seed if round_ == 0 else (seed or 0) + round_
+    kill: SideResult | None = None
+    results: list[RoundResult] = []
+    for index, round_seed in enumerate(round_seeds(rounds, seed), start=1):
+        round_started = time.perf_counter()
         result = _search(layer, whole_steps, max_examples, round_seed, started, examples)
+        flaky = result.killed and FLAKY in result.fired
+        results.append(
+            RoundResult(
+                index,
+                round_seed,
+                result.killed,
+                result.examples - examples,
+                time.perf_counter() - round_started,
+                flaky=flaky,
+                fired=result.fired,
+                detail=result.detail,
+            )
+        )
         examples = result.examples
-        if result.killed:
-            return result
-    return SideResult(side, False, time.perf_counter() - started, examples=examples)
+        if result.killed and not flaky and kill is None:
+            kill = result
+            kill.killed_in_round = index
+            if not every_round:
+                break
+    if kill is not None:
+        kill.rounds = results
+        kill.examples = examples
+        kill.seconds = time.perf_counter() - started
+        return kill
+    return SideResult(side, False, time.perf_counter() - started, examples=examples, rounds=results)
 
 
 def _search(
@@ -215,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument(
+        "--every-round",
+        action="store_true",
+        help="run every round, even after a failure (the control run of the reference)",
+    )
+    parser.add_argument(
         "--shrink-seconds",
         type=float,
         default=None,
@@ -243,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                     max_examples=arguments.max_examples,
                     seed=arguments.seed,
                     rounds=arguments.rounds,
+                    every_round=arguments.every_round,
                 )
             )
     print(json.dumps([asdict(result) for result in results]))

@@ -4,6 +4,13 @@ Each mutant is planted in its own scratch copy of the package and run by
 :mod:`pipeline_models.mutants.child` with that copy first on ``PYTHONPATH``; processes
 share one Postgres server (the embedded one unless ``DATABASE_URL`` is set), each in its
 own schema, so they never share rows.
+
+A kill means something only beside a control: :func:`run_control` runs the unmodified
+package (:data:`~pipeline_models.mutants.UNMODIFIED`, copied and run exactly as a
+mutant is) on the very same schedule, every round of it, and :func:`control_failures`
+lists each round it failed. A mutant's failure counts as a kill only in a round the
+control passed; ``pipeline-models mutants`` runs the control first and counts nothing
+if it failed anywhere.
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline_models.mutants import Mutant
-from pipeline_models.mutants.child import SIDES, SideResult
+from pipeline_models.mutants import UNMODIFIED, Mutant
+from pipeline_models.mutants.child import FLAKY, SIDES, SideResult, round_seeds
 from pipeline_models.tables import format_table
 
 SIDE_TITLES = {
@@ -64,8 +71,8 @@ def _child(
     schema: str,
     layer: str,
     pythonpath: Path | None,
-    seed: int | None = None,
     sides: Sequence[str] | None = None,
+    every_round: bool = False,
 ) -> tuple[list[SideResult], str | None]:
     command = [
         sys.executable,
@@ -82,12 +89,12 @@ def _child(
         "--max-examples",
         str(options.max_examples),
         "--rounds",
-        str(1 if seed is not None else options.rounds),
+        str(options.rounds),
         "--shrink-seconds",
         str(options.shrink_seconds),
     ]
-    if seed is not None:
-        command += ["--seed", str(seed)]
+    if every_round:
+        command.append("--every-round")
     environment = dict(os.environ)
     if pythonpath is not None:
         environment["PYTHONPATH"] = os.pathsep.join(
@@ -119,6 +126,32 @@ def _schema_slots(jobs: int) -> queue.Queue[str]:
     return schemas
 
 
+def _planted_run(
+    system: Mutant,
+    options: RunOptions,
+    schemas: queue.Queue[str],
+    *,
+    layer: str,
+    sides: Sequence[str],
+    every_round: bool,
+) -> tuple[list[SideResult], str | None]:
+    """Plant ``system`` in a scratch copy and run its child there, in a free schema."""
+    schema = schemas.get()
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"pm-mutant-{system.name}-") as scratch:
+            root = system.plant(Path(scratch))
+            return _child(
+                options,
+                schema=schema,
+                layer=layer,
+                pythonpath=root,
+                sides=sides,
+                every_round=every_round,
+            )
+    finally:
+        schemas.put(schema)
+
+
 def run_mutants(
     mutants: Sequence[Mutant],
     options: RunOptions,
@@ -126,19 +159,16 @@ def run_mutants(
     jobs: int = 2,
     on_result: Callable[[MutantReport], None] | None = None,
 ) -> list[MutantReport]:
-    """Every mutant against every side, ``jobs`` processes at a time; in catalog order."""
+    """Every mutant against every side, ``jobs`` processes at a time; in catalog order.
+
+    Kills count only beside a control that passed the same schedule: see
+    :func:`run_control`."""
     schemas = _schema_slots(jobs)
 
     def run_one(mutant: Mutant) -> MutantReport:
-        schema = schemas.get()
-        try:
-            with tempfile.TemporaryDirectory(prefix=f"pm-mutant-{mutant.name}-") as scratch:
-                root = mutant.plant(Path(scratch))
-                results, error = _child(
-                    options, schema=schema, layer=mutant.machine, pythonpath=root
-                )
-        finally:
-            schemas.put(schema)
+        results, error = _planted_run(
+            mutant, options, schemas, layer=mutant.machine, sides=options.sides, every_round=False
+        )
         report = MutantReport(
             mutant.name,
             mutant.kind,
@@ -155,43 +185,147 @@ def run_mutants(
         return list(pool.map(run_one, mutants))
 
 
-def run_reference(
-    seeds: Sequence[int], options: RunOptions, *, jobs: int = 2
+def run_control(
+    layers: Sequence[str],
+    options: RunOptions,
+    *,
+    jobs: int = 2,
+    system: Mutant = UNMODIFIED,
 ) -> list[MutantReport]:
-    """The unchanged pipeline, once per seed, with random generation: every run must pass."""
+    """The control: ``system`` (the unmodified package) on the mutants' very schedule,
+    every round run to its end, one process per layer and side (the example suite does
+    not depend on the layer and runs once). ``system`` is a parameter so that a test can
+    hand the runner a control that fails."""
     schemas = _schema_slots(jobs)
+    tasks = [
+        (layer, side)
+        for layer in layers
+        for side in options.sides
+        if side != "examples" or layer == layers[0]
+    ]
 
-    def run_one(seed: int) -> MutantReport:
-        schema = schemas.get()
-        try:
-            results, error = _child(
-                options, schema=schema, layer="pipeline", pythonpath=None, seed=seed,
-                sides=["checker"],
-            )  # fmt: skip
-        finally:
-            schemas.put(schema)
+    def run_one(task: tuple[str, str]) -> MutantReport:
+        layer, side = task
+        results, error = _planted_run(
+            system, options, schemas, layer=layer, sides=[side], every_round=True
+        )
         return MutantReport(
-            f"reference (seed {seed})",
-            "reference",
-            "none",
-            "",
+            f"{system.name}, {layer} layer, {SIDE_TITLES[side]}",
+            system.kind,
+            system.bug,
+            system.seen,
             {result.side: result for result in results},
             error,
         )
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(run_one, seeds))
+        return list(pool.map(run_one, tasks))
+
+
+def control_failures(control: Sequence[MutantReport]) -> list[str]:
+    """Every round (or example suite) the control failed, or could not run: each one a
+    false alarm of the checker or a bug of the reference, and a reason to count nothing."""
+    failures = []
+    for report in control:
+        if report.error:
+            failures.append(f"{report.name}: did not run: {report.error}")
+        for result in report.sides.values():
+            if result.side == "examples" and result.killed:
+                failures.append(
+                    f"{report.name}: scenarios {', '.join(result.fired)} failed: {result.detail}"
+                )
+            for failed in result.failed_rounds:
+                what = FLAKY if failed.flaky else ", ".join(failed.fired)
+                failures.append(
+                    f"{report.name}: round {failed.round} ({_schedule_name(failed.seed)}) "
+                    f"failed after {failed.examples} examples [{what}]: {failed.detail}"
+                )
+    return failures
+
+
+@dataclass
+class Campaign:
+    """A whole mutant run: the control first, then the mutants, only if it passed."""
+
+    options: RunOptions
+    control: list[MutantReport]
+    failures: list[str]  # the control's failed rounds: any one, and nothing is counted
+    mutants: list[MutantReport]
+
+    @property
+    def counted(self) -> bool:
+        return not self.failures
+
+
+def run_campaign(
+    mutants: Sequence[Mutant],
+    options: RunOptions,
+    *,
+    jobs: int = 2,
+    control_system: Mutant = UNMODIFIED,
+    on_result: Callable[[MutantReport], None] | None = None,
+) -> Campaign:
+    """Run the control on every layer the mutants use (both when there are none), then,
+    only if it passed every round, the mutants: a kill in a round the control failed
+    would be the checker's false alarm counted as a kill."""
+    layers = sorted({m.machine for m in mutants} or {"pipeline", "queue"}, key="pipeline".__ne__)
+    control = run_control(layers, options, jobs=jobs, system=control_system)
+    failures = control_failures(control)
+    reports = [] if failures else run_mutants(mutants, options, jobs=jobs, on_result=on_result)
+    return Campaign(options, control, failures, reports)
+
+
+def _schedule_name(seed: int | None) -> str:
+    return "derandomized ci" if seed is None else f"seed {seed}"
+
+
+def describe_schedule(options: RunOptions) -> str:
+    """The schedule every system runs, in words.
+
+    >>> describe_schedule(RunOptions("postgresql://x", rounds=3, max_examples=300))
+    '3 rounds of up to 300 examples (derandomized ci, seed 1, seed 2)'
+    """
+    seeds = ", ".join(_schedule_name(seed) for seed in round_seeds(options.rounds))
+    return f"{options.rounds} rounds of up to {options.max_examples} examples ({seeds})"
+
+
+def format_control(control: Sequence[MutantReport], options: RunOptions) -> str:
+    """One line per control run: what it passed, or which rounds it failed."""
+    lines = [f"control: the unmodified package on the same schedule, {describe_schedule(options)}"]
+    for report in control:
+        if report.error:
+            lines.append(f"  {report.name}: ERROR {report.error}")
+        for result in report.sides.values():
+            if result.side == "examples":
+                verdict = (
+                    f"FAILED {', '.join(result.fired)}"
+                    if result.killed
+                    else f"passed all {result.examples} scenarios"
+                )
+            elif result.failed_rounds:
+                failed = ", ".join(str(r.round) for r in result.failed_rounds)
+                verdict = f"FAILED round {failed} of {len(result.rounds)}"
+            else:
+                verdict = (
+                    f"passed all {len(result.rounds)} rounds "
+                    f"({result.examples} examples, {result.seconds:.0f} s)"
+                )
+            lines.append(f"  {report.name}: {verdict}")
+    return "\n".join(lines)
 
 
 def _cell(result: SideResult | None) -> str:
     if result is None:
         return "-"
     if not result.killed:
-        return f"survived ({result.examples} ex.)" if result.side != "examples" else "missed"
+        if result.side == "examples":
+            return "missed"
+        flaky = sum(r.flaky for r in result.rounds)
+        return f"survived ({result.examples} ex.)" + (f", {flaky} flaky" if flaky else "")
     if result.side == "examples":
         return f"caught by {len(result.fired)}"
     kill = f"{result.seconds_to_kill:.1f} s" if result.seconds_to_kill is not None else "?"
-    return f"killed in {kill}"
+    return f"killed in {kill}, round {result.killed_in_round}"
 
 
 def summary(reports: Sequence[MutantReport], sides: Sequence[str]) -> dict[str, Any]:
@@ -234,7 +368,7 @@ def format_report(reports: Sequence[MutantReport], sides: Sequence[str]) -> str:
     counts = ", ".join(
         f"{SIDE_TITLES[side]} {figures[f'killed_{side}']}/{figures['mutants']}" for side in sides
     )
-    lines.append(f"killed: {counts}")
+    lines.append(f"killed: {counts} (each kill in a round the control passed)")
     if "kill_seconds_median" in figures:
         lines.append(
             f"checker: time to kill median {figures['kill_seconds_median']:.1f} s, max "
@@ -249,9 +383,18 @@ def format_report(reports: Sequence[MutantReport], sides: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def to_json(reports: Sequence[MutantReport], sides: Sequence[str]) -> str:
+def to_json(
+    reports: Sequence[MutantReport],
+    sides: Sequence[str],
+    *,
+    control: Sequence[MutantReport] = (),
+    options: RunOptions | None = None,
+) -> str:
     return json.dumps(
         {
+            "schedule": describe_schedule(options) if options is not None else None,
+            "control": [asdict(report) for report in control],
+            "control_failures": control_failures(control),
             "summary": summary(reports, sides),
             "mutants": [asdict(report) for report in reports],
         },
@@ -260,11 +403,16 @@ def to_json(reports: Sequence[MutantReport], sides: Sequence[str]) -> str:
 
 
 __all__ = [
+    "Campaign",
     "MutantReport",
     "RunOptions",
+    "control_failures",
+    "describe_schedule",
+    "format_control",
     "format_report",
+    "run_campaign",
+    "run_control",
     "run_mutants",
-    "run_reference",
     "summary",
     "to_json",
 ]

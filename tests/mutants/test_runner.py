@@ -1,0 +1,81 @@
+"""The mutant runner is honest: a kill counts only beside a control that passed.
+
+Each test runs real child processes on the session's database, with a schedule small
+enough to take seconds: two rounds of a few examples on the queue layer.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline_models.database import Database
+from pipeline_models.mutants import Edit, Mutant
+from pipeline_models.mutants.runner import (
+    RunOptions,
+    control_failures,
+    format_report,
+    run_campaign,
+    run_mutants,
+)
+
+NO_EDITS = Mutant("no-edits", "control", "none", "", edits=(), machine="queue")
+# A control that is broken on purpose: its claim never takes a due job, so the first
+# example's drain leaves every job queued (liveness).
+NEVER_CLAIMS = Mutant(
+    "never-claims",
+    "claims",
+    "the claim never takes a due job",
+    "",
+    [
+        Edit(
+            "sql/queries.sql",
+            "      AND held_for IS NULL\n",
+            "      AND held_for IS NULL AND false\n",
+        )
+    ],
+    machine="queue",
+)
+
+
+@pytest.fixture
+def options(pipeline_database: Database) -> RunOptions:
+    return RunOptions(
+        pipeline_database.url, sides=["checker"], max_examples=4, rounds=2, shrink_seconds=5
+    )
+
+
+def test_a_mutant_with_no_edits_survives_every_round_and_is_never_counted_killed(
+    options: RunOptions,
+) -> None:
+    [report] = run_mutants([NO_EDITS], options, jobs=1)
+    assert report.error is None
+    checker = report.sides["checker"]
+    assert not checker.killed
+    assert checker.killed_in_round is None
+    assert [(r.round, r.seed, r.failed) for r in checker.rounds] == [
+        (1, None, False),
+        (2, 1, False),
+    ]
+    assert "survived" in format_report([report], ["checker"])
+
+
+def test_a_campaign_whose_control_fails_a_round_counts_no_kill(options: RunOptions) -> None:
+    campaign = run_campaign([NEVER_CLAIMS], options, jobs=1, control_system=NEVER_CLAIMS)
+    assert not campaign.counted
+    assert campaign.mutants == []  # the mutants did not even run
+    assert campaign.failures
+    assert "round 1 (derandomized ci)" in campaign.failures[0]
+    assert "liveness" in campaign.failures[0]
+    # Every round of the control ran, not only up to its first failure.
+    [control] = campaign.control
+    assert [r.round for r in control.sides["checker"].rounds] == [1, 2]
+
+
+def test_the_same_bug_counts_as_a_kill_beside_a_control_that_passed(options: RunOptions) -> None:
+    campaign = run_campaign([NEVER_CLAIMS], options, jobs=1)
+    assert campaign.counted, control_failures(campaign.control)
+    [report] = campaign.mutants
+    checker = report.sides["checker"]
+    assert checker.killed
+    assert checker.killed_in_round == 1
+    assert "liveness" in checker.fired
