@@ -62,7 +62,12 @@ class RunOptions:
     max_examples: int = 300  # per round
     rounds: int = 4  # the derandomized ci run, then further seeds until a kill
     shrink_seconds: float = 30.0
-    timeout_seconds: float = 900.0
+    round_timeout_seconds: float = 900.0  # a round that takes longer is a hang
+
+    @property
+    def timeout_seconds(self) -> float:
+        """A child's whole budget: every round, each side, and its shrinking."""
+        return (self.round_timeout_seconds * self.rounds + self.shrink_seconds) * len(self.sides)
 
 
 def _child(
