@@ -18,18 +18,22 @@ default.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from pipeline_models.core.server import (
+    CONNECT_TIMEOUT,
+    ENVIRONMENT_VARIABLE,
+    _explain_connect_error,
+    _validate_url,
+    redact,
+    resolve_url,
+)
 from pipeline_models.embedded import EmbeddedPostgres
 from pipeline_models.errors import DatabaseConfigurationError
 from pipeline_models.schema import (
@@ -41,8 +45,6 @@ from pipeline_models.schema import (
 
 logger = logging.getLogger(__name__)
 
-ENVIRONMENT_VARIABLE = "DATABASE_URL"
-CONNECT_TIMEOUT = 5.0
 _FINGERPRINT_PREFIX = "pipeline-models schema "
 _SCHEMES = ("postgresql", "postgres")
 
@@ -50,64 +52,6 @@ _SCHEMES = ("postgresql", "postgres")
 class ResetStrategy(StrEnum):
     DELETE = "delete"
     TRUNCATE = "truncate"
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced by ``***``: safe to print."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    host = netloc[1] if len(netloc) == 2 else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def resolve_url(explicit: str | None = None) -> str | None:
-    """The URL to use: ``explicit``, else ``DATABASE_URL``, else None (embedded)."""
-    url = explicit or os.environ.get(ENVIRONMENT_VARIABLE) or None
-    return url.strip() if url else None
-
-
-def _validate_url(url: str) -> None:
-    try:
-        scheme = urlsplit(url).scheme
-    except ValueError as error:
-        raise DatabaseConfigurationError(
-            f"DATABASE_URL {redact(url)!r} is not a URL ({error}); expected "
-            "postgresql://user:password@host:5432/database"
-        ) from None
-    if scheme not in _SCHEMES:
-        raise DatabaseConfigurationError(
-            f"DATABASE_URL {redact(url)!r} has scheme {scheme or '(none)'!r}; pipeline-models "
-            "needs Postgres: postgresql://user:password@host:5432/database, or unset "
-            "DATABASE_URL to use the embedded Postgres"
-        )
-
-
-def _explain_connect_error(url: str, error: BaseException) -> DatabaseConfigurationError:
-    shown = redact(url)
-    fallback = "Fix DATABASE_URL, or unset it to use the embedded Postgres."
-    if isinstance(
-        error, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
-    ):
-        why = f"Postgres at {shown!r} refused the credentials: {error}. Check user and password."
-    elif isinstance(error, asyncpg.InvalidCatalogNameError):
-        why = f"Postgres at {shown!r} has no such database: {error}. Create it (createdb)."
-    elif isinstance(error, TimeoutError | asyncio.TimeoutError):
-        why = f"Postgres at {shown!r} did not answer within {CONNECT_TIMEOUT:g} s."
-    elif isinstance(error, socket.gaierror):
-        why = f"the host in {shown!r} does not resolve ({error})."
-    elif isinstance(error, ConnectionRefusedError):
-        why = f"nothing accepts connections at {shown!r} (connection refused). Is Postgres running?"
-    elif isinstance(error, OSError):
-        why = f"could not reach Postgres at {shown!r}: {error}."
-    else:
-        why = f"could not connect to Postgres at {shown!r}: {type(error).__name__}: {error}."
-    return DatabaseConfigurationError(f"{why} {fallback}")
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:

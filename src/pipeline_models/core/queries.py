@@ -1,11 +1,12 @@
-"""Named SQL, loaded from ``sql/*.sql`` through importlib.resources.
+"""Named SQL, loaded from a package's ``sql/*.sql`` through importlib.resources.
 
 Each block starts with ``-- name: <name>``; the comment lines after it document the query
 and its parameters. Code refers to queries by name and never builds SQL from values.
 A mutant of the pipeline replaces a query by name (:meth:`Queries.replace`).
 
->>> QUERIES["renew_lease"].sql.startswith("UPDATE upload_jobs")
-True
+>>> queries = Queries.parse("-- name: one\n-- the number one\nSELECT 1;")
+>>> queries["one"].sql, queries["one"].doc
+('SELECT 1', 'the number one')
 """
 
 from __future__ import annotations
@@ -58,11 +59,12 @@ class Queries(Mapping[str, Query]):
         return cls(found)
 
     @classmethod
-    def load(cls, *files: str) -> Queries:
-        package = resources.files("pipeline_models") / "sql"
+    def load(cls, *files: str, package: str = "pipeline_models") -> Queries:
+        """The queries of ``files`` in ``package``'s ``sql`` folder."""
+        folder = resources.files(package) / "sql"
         merged: dict[str, Query] = {}
         for file in files:
-            for name, query in cls.parse((package / file).read_text("utf-8")).items():
+            for name, query in cls.parse((folder / file).read_text("utf-8")).items():
                 if name in merged:
                     raise ValueError(f"query {name!r} is defined in two files")
                 merged[name] = query
@@ -91,6 +93,4 @@ class Queries(Mapping[str, Query]):
         return len(self._queries)
 
 
-QUERIES = Queries.load("queries.sql")
-
-__all__ = ["QUERIES", "Queries", "Query"]
+__all__ = ["Queries", "Query"]

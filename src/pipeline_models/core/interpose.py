@@ -1,0 +1,255 @@
+"""Checkpoints without editing the worker: interposed where it talks to the world.
+
+A worker under the checker runs as asyncio tasks whose context names it (:data:`ACTOR`).
+Wherever such a task makes a round trip, it first waits for the scheduler's leave:
+
+* a statement on a database connection (:class:`CheckedConnection`, an
+  ``asyncpg.Connection``; :func:`patched_drivers` makes ``asyncpg.connect`` and
+  ``asyncpg.create_pool`` use it, so a worker that connects by itself is checked as it
+  is), named by what comes next: ``before UPDATE guide.jobs SET state = 'running' …``
+  or ``before COMMIT``;
+* an HTTP request through :class:`CheckedTransport` (an httpx transport wrapping the
+  worker's own), before it is sent and after its answer (its effect is out);
+* ``asyncio.sleep``: the worker waits for the checker's time to pass, not the wall's.
+
+The session of every connection a worker uses is named after it (``application_name``,
+so the audit trail knows the actor) and reads the checker's clock (``search_path``).
+Outside a worker's context nothing changes: the checker's own connections, and the
+adapter's, behave as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+import asyncpg
+import httpx
+
+from pipeline_models.core.clock import unreachable_time
+
+
+class Actor(Protocol):
+    """What an interposed round trip reports to (the scheduler's view of one worker)."""
+
+    name: str
+    clock_schema: str
+
+    async def round_trip(self, kind: str, label: str) -> None:
+        """Wait for leave to make the round trip ``label`` (kind: statement, commit,
+        rollback, call, after_call)."""
+
+    def flying(self, pid: int | None, label: str) -> object:
+        """A round trip left: the token to land with."""
+
+    def landed(self, token: object) -> None:
+        """The round trip ``token`` came back (or failed)."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the checker's time has moved ``seconds`` on."""
+
+    def warn(self, message: str) -> None:
+        """Something the checker cannot see through (said once per message)."""
+
+
+ACTOR: ContextVar[Actor | None] = ContextVar("pipeline_models_actor", default=None)
+
+_REAL_SLEEP = asyncio.sleep
+_NOT_PARKED = frozenset({"BEGIN", "START", "SAVEPOINT", "RELEASE", "SET", "SHOW", "RESET"})
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+LABEL_LENGTH = 72
+
+
+def describe_statement(sql: str) -> tuple[str, str]:
+    """The kind of a statement and its label: what a shrunk program reads.
+
+    >>> describe_statement("  UPDATE jobs\\n   SET state = 'done'  WHERE id = $1 -- done")
+    ('statement', "UPDATE jobs SET state = 'done' WHERE id = $1")
+    >>> describe_statement("COMMIT;")
+    ('commit', 'COMMIT')
+    >>> describe_statement("BEGIN ISOLATION LEVEL READ COMMITTED")[0]
+    'begin'
+    """
+    text = " ".join(_COMMENTS.sub(" ", sql).split()).rstrip(";").strip()
+    first = text.split(" ", 1)[0].upper() if text else ""
+    if first in ("COMMIT", "END"):
+        kind = "commit"
+    elif first in ("ROLLBACK", "ABORT"):
+        kind = "rollback"
+    elif first in _NOT_PARKED:
+        kind = "begin"
+    else:
+        kind = "statement"
+    if len(text) > LABEL_LENGTH:
+        text = text[: LABEL_LENGTH - 2].rstrip() + " …"
+    return kind, text
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class CheckedConnection(asyncpg.Connection):  # type: ignore[misc]
+    """An asyncpg connection whose round trips, made by a worker, wait for the scheduler.
+
+    Statements through ``prepare()`` and cursors are not interposed (rare in workers).
+    """
+
+    _pm_actor_name: str | None = None
+    _pm_search_path: str | None = None
+
+    async def _pm_before(self, query: str) -> tuple[Actor | None, str]:
+        actor = ACTOR.get()
+        if actor is None:
+            return None, ""
+        if self._pm_actor_name != actor.name:
+            with self._pm_flying(actor, "naming its session"):
+                await self._pm_become(actor)
+        kind, label = describe_statement(query)
+        keyword = unreachable_time(query)
+        if keyword:
+            actor.warn(
+                f"{actor.name} uses {keyword}, which the checker's clock cannot reach "
+                f"(in: {label}); use now() so that time is the checker's"
+            )
+        if kind != "begin":
+            await actor.round_trip(kind, label)
+        return actor, label
+
+    async def _pm_become(self, actor: Actor) -> None:
+        """Name the session after ``actor`` and put the checker's clock first on its
+        search_path (not a checkpoint: the worker did not ask for it)."""
+        if self._pm_search_path is None:
+            # The base class's own _execute: this one would park.
+            rows = await asyncpg.Connection._execute(self, "SHOW search_path", (), 0, None)
+            self._pm_search_path = str(rows[0][0])
+        path = f'"{actor.clock_schema}", pg_catalog, {self._pm_search_path}'
+        await self._protocol.query(
+            f"SET application_name = {_literal(actor.name)}; SET search_path = {path}", None
+        )
+        self._pm_actor_name = actor.name
+
+    @contextlib.contextmanager
+    def _pm_flying(self, actor: Actor | None, label: str) -> Iterator[None]:
+        if actor is None:
+            yield
+            return
+        token = actor.flying(self.get_server_pid(), label)
+        try:
+            yield
+        finally:
+            actor.landed(token)
+
+    async def close(self, *, timeout: float | None = None) -> None:
+        with self._pm_flying(ACTOR.get(), "closing its connection"):
+            await super().close(timeout=timeout)
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        if args:  # through _execute, which is interposed
+            return str(await super().execute(query, *args, timeout=timeout))
+        actor, label = await self._pm_before(query)
+        with self._pm_flying(actor, label):
+            return str(await super().execute(query, timeout=timeout))
+
+    async def _execute(self, query: str, args: Any, limit: int, timeout: Any, **kw: Any) -> Any:
+        actor, label = await self._pm_before(query)
+        with self._pm_flying(actor, label):
+            return await super()._execute(query, args, limit, timeout, **kw)
+
+    async def _executemany(self, query: str, args: Any, timeout: Any, **kw: Any) -> Any:
+        actor, label = await self._pm_before(query)
+        with self._pm_flying(actor, label):
+            return await super()._executemany(query, args, timeout, **kw)
+
+
+def checked_class(base: type[asyncpg.Connection]) -> type[asyncpg.Connection]:
+    """``base`` (a worker's own connection class) with the checkpoints mixed in."""
+    if issubclass(base, CheckedConnection):
+        return base
+    return type(f"Checked{base.__name__}", (CheckedConnection, base), {})
+
+
+class CheckedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that lets a worker's request leave only when the scheduler
+    says so, and stops it again once its answer is in (the call's effect is out)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        actor = ACTOR.get()
+        if actor is None:
+            return await self.inner.handle_async_request(request)
+        label = f"{request.method} {request.url.path}"
+        await actor.round_trip("call", label)
+        token = actor.flying(None, label)
+        try:
+            response = await self.inner.handle_async_request(request)
+        finally:
+            actor.landed(token)
+        await actor.round_trip("after_call", label)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def _checked_sleep(delay: float, result: Any = None) -> Any:
+    actor = ACTOR.get()
+    if actor is None or delay <= 0:
+        return await _REAL_SLEEP(delay, result)
+    await actor.sleep(delay)
+    return result
+
+
+@contextlib.contextmanager
+def patched_drivers() -> Iterator[None]:
+    """While checking: ``asyncpg.connect``/``create_pool`` hand out checked connections,
+    and ``asyncio.sleep`` in a worker's context waits for the checker's time."""
+    original_connect = asyncpg.connect
+    original_pool = asyncpg.create_pool
+
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        kwargs["connection_class"] = checked_class(
+            kwargs.get("connection_class", asyncpg.Connection)
+        )
+        actor = ACTOR.get()
+        if actor is None:
+            return await original_connect(*args, **kwargs)
+        # Not a checkpoint, but in flight: the scheduler waits for it to come back.
+        token = actor.flying(None, "connecting")
+        try:
+            return await original_connect(*args, **kwargs)
+        finally:
+            actor.landed(token)
+
+    def create_pool(*args: Any, **kwargs: Any) -> Any:
+        kwargs["connection_class"] = checked_class(
+            kwargs.get("connection_class", asyncpg.Connection)
+        )
+        return original_pool(*args, **kwargs)
+
+    asyncpg.connect = connect
+    asyncpg.create_pool = create_pool
+    asyncio.sleep = _checked_sleep
+    try:
+        yield
+    finally:
+        asyncpg.connect = original_connect
+        asyncpg.create_pool = original_pool
+        asyncio.sleep = _REAL_SLEEP
+
+
+__all__ = [
+    "ACTOR",
+    "Actor",
+    "CheckedConnection",
+    "CheckedTransport",
+    "checked_class",
+    "describe_statement",
+    "patched_drivers",
+]

@@ -1,0 +1,449 @@
+"""The queue machine: Hypothesis drives any adapter's workers, round trip by round trip.
+
+:func:`machine_for` builds a :class:`QueueMachine` for an adapter. Its rules enqueue
+jobs, step workers (each to its next round trip: ``w1 before UPDATE guide.jobs …``),
+run them several round trips in a row, crash and restart them, and move the checker's
+clock (by steps the spec's own timeouts suggest). After every rule the checker reads its
+audit trail, replays who held what (:mod:`~pipeline_models.core.holders`) and judges
+every selected invariant (:mod:`~pipeline_models.core.invariants`), raising the first
+cause's class so that each distinct cause shrinks, and is reported, on its own. At the
+end of an example the workers drain: time moves on until every job is finished.
+
+Use it as a test::
+
+    TestGuide = machine_for(GuideAdapter).TestCase
+
+or leave invariants out, without a subclass::
+
+    TestGuide = machine_for(GuideAdapter, without=["redelivery"]).TestCase
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import sys
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import ClassVar, TypeVar
+
+import asyncpg
+from hypothesis import note as hypothesis_note
+from hypothesis import strategies as st
+from hypothesis import target
+from hypothesis.control import currently_in_test_context
+from hypothesis.stateful import RuleBasedStateMachine, rule
+
+from pipeline_models.core.adapter import Adapter
+from pipeline_models.core.clock import CheckerClock
+from pipeline_models.core.holders import HolderHistory, moment_of
+from pipeline_models.core.interpose import patched_drivers
+from pipeline_models.core.invariants import (
+    ORDER,
+    Finding,
+    QueueJudge,
+    raise_findings,
+    select,
+)
+from pipeline_models.core.observe import Observer, Trail
+from pipeline_models.core.scheduler import (
+    Outcome,
+    RoundTripScheduler,
+    StepReport,
+    task_factory,
+)
+from pipeline_models.core.server import Server
+from pipeline_models.core.spec import TERMINAL, HolderModel, Spec
+
+T = TypeVar("T")
+
+ENQUEUER = "pipeline-models enqueue"
+CHECKER = "pipeline-models checker"
+MAX_JOBS = 4
+# Where run_worker_until stops a worker: before it writes, or before it commits.
+PAUSE_POINTS = ("a write", "a commit")
+_WRITES = ("UPDATE", "DELETE", "INSERT", "MERGE")
+DRAIN_ROUNDS = 100
+DRAIN_TURN = 200  # round trips of one worker before the next one's turn
+
+
+@dataclass
+class Statistics:
+    """What the queue machines did in this process (for reports and tests)."""
+
+    examples: int = 0
+    rules: int = 0
+    steps: int = 0
+    drain_steps: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+STATISTICS = Statistics()
+
+
+class _Runtime:
+    """What outlives one example: the event loop, the server, the checker's connections
+    and the installed observers (one per spec)."""
+
+    current: ClassVar[_Runtime | None] = None
+    server_url: ClassVar[str | None] = None
+
+    def __init__(self) -> None:
+        self.runner = asyncio.Runner()
+        self.loop = self.runner.get_loop()
+        self.scheduler: RoundTripScheduler | None = None
+        self.loop.set_task_factory(task_factory(lambda: self.scheduler))
+        self.server = Server.from_environment(self.server_url)
+        self.monitor: asyncpg.Connection = self.run(self.server.connect(application_name=CHECKER))
+        self.enqueuer: asyncpg.Connection = self.run(self.server.connect(application_name=ENQUEUER))
+        self.observers: dict[int, Observer] = {}
+        self._enqueuer_path: str | None = None
+
+    @classmethod
+    def get(cls) -> _Runtime:
+        if cls.current is None:
+            cls.current = cls()
+            atexit.register(cls.close)
+        return cls.current
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        return self.loop.run_until_complete(awaitable)
+
+    async def observer(self, adapter: Adapter) -> Observer:
+        spec = adapter.spec
+        observer = self.observers.get(id(spec))
+        if observer is None:
+            await adapter.setup(self.enqueuer)
+            observer = Observer(spec)
+            await observer.install(self.monitor)
+            self.observers[id(spec)] = observer
+            if self._enqueuer_path is None:
+                shown = await self.enqueuer.fetchval("SHOW search_path")
+                self._enqueuer_path = f'"{observer.clock_schema}", pg_catalog, {shown}'
+                await self.enqueuer.execute(f"SET search_path = {self._enqueuer_path}")
+        return observer
+
+    @classmethod
+    def close(cls) -> None:
+        runtime, cls.current = cls.current, None
+        if runtime is None:
+            return
+        with contextlib.suppress(Exception):
+            for observer in runtime.observers.values():
+                runtime.run(observer.remove(runtime.monitor))
+            runtime.run(runtime.monitor.close())
+            runtime.run(runtime.enqueuer.close())
+        runtime.runner.close()
+        runtime.server.close()
+
+
+def use_server(url: str | None) -> None:
+    """Make every queue machine in this process use the server at ``url`` (None: the
+    environment's DATABASE_URL, else an embedded one)."""
+    _Runtime.server_url = url
+
+
+def clock_steps(spec: Spec) -> tuple[int, ...]:
+    """The time steps a program may take: around the spec's own timeouts, so that
+    expiry and recovery are one rule away.
+
+    >>> from pipeline_models.core.spec import Holder, States
+    >>> spec = Spec("jobs", States(["queued"], ["running"]), Holder("heartbeat", "beat", 30))
+    >>> clock_steps(spec)
+    (1, 16, 31, 91)
+    """
+    timeout = spec.holder.timeout_seconds
+    if spec.holder.model is HolderModel.LEASE and timeout is None:
+        timeout = 30
+    if timeout is None:
+        return (1, 10, 61, 301)
+    whole = int(timeout)
+    return tuple(sorted({1, max(1, whole // 2 + 1), whole + 1, 3 * whole + 1}))
+
+
+class QueueMachine(RuleBasedStateMachine):
+    """The job-queue layer over an adapter. Build one with :func:`machine_for`."""
+
+    ADAPTER: ClassVar[type[Adapter]]
+    INVARIANTS: ClassVar[tuple[str, ...]] = ORDER
+    WORKER_SLOTS: ClassVar[tuple[str, ...]] = ("w1", "w2")
+    MAX_JOBS: ClassVar[int] = MAX_JOBS
+    DRAIN: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runtime = _Runtime.get()
+        self.adapter = self.ADAPTER()
+        self.spec = self.adapter.spec
+        self.clock = CheckerClock()
+        self._patches = contextlib.ExitStack()
+        self._patches.enter_context(patched_drivers())
+        self.clock.stop_python_time()
+        self._patches.callback(self.clock.release_python_time)
+        self.observer: Observer = self._run(self.runtime.observer(self.adapter))
+        self._run(self._reset())
+        self.trail: Trail = self.observer.trail()
+        self.scheduler = RoundTripScheduler(
+            self.clock, self.runtime.monitor, clock_schema=self.observer.clock_schema
+        )
+        self.clock.listeners.append(self._publish_time)
+        self.runtime.scheduler = self.scheduler
+        self.holders = HolderHistory(self.spec)
+        self.judge = QueueJudge(self.spec, self.INVARIANTS)
+        self.incarnation = dict.fromkeys(self.WORKER_SLOTS, 1)
+        self.crashed: set[str] = set()
+        self.jobs = 0
+        self._target = 0.0
+        for slot in self.WORKER_SLOTS:
+            self._add_worker(slot)
+        STATISTICS.examples += 1
+
+    async def _reset(self) -> None:
+        await self.adapter.setup(self.runtime.enqueuer)
+        await self.observer.reset(self.runtime.monitor, self.clock.now())
+
+    def _run(self, awaitable: Awaitable[T]) -> T:
+        return self.runtime.run(awaitable)
+
+    def worker_name(self, slot: str) -> str:
+        generation = self.incarnation[slot]
+        return slot if generation == 1 else f"{slot}~{generation}"
+
+    def _add_worker(self, slot: str) -> None:
+        name = self.worker_name(slot)
+        self.holders.workers.add(name)
+        adapter, dsn = self.adapter, self.runtime.server.url
+        self.scheduler.add(name, lambda: adapter.run_worker(name, dsn))
+
+    # -- rules -----------------------------------------------------------------------------
+
+    # No preconditions: a rule that depends on a count makes Hypothesis read the same
+    # choices as other rules once an earlier step is deleted, and shrinking stalls. A
+    # rule that cannot act does nothing instead.
+    @rule()
+    def enqueue_job(self) -> None:
+        if self.jobs >= self.MAX_JOBS:
+            return
+        job = self._run(self.adapter.enqueue(self.runtime.enqueuer, self.jobs))
+        self.jobs += 1
+        self.judge.enqueued.append(str(job))
+        self._check()
+
+    @rule(worker=st.sampled_from(("w1", "w2")))
+    def step_worker(self, worker: str) -> None:
+        self._step(worker)
+        self._check()
+
+    @rule(worker=st.sampled_from(("w1", "w2")), steps=st.integers(2, 8))
+    def run_worker(self, worker: str, steps: int) -> None:
+        """Several round trips of one worker in a row (shrinks to step_worker), the
+        invariants checked after each."""
+        for _ in range(steps):
+            report = self._step(worker)
+            self._check()
+            if report is None or report.outcome is not Outcome.PARKED:
+                return
+
+    @rule(worker=st.sampled_from(("w1", "w2")))
+    def run_worker_until_it_waits(self, worker: str) -> None:
+        """One worker runs on until it waits: for time to pass, for a lock, for work.
+        Programs reach a worker's later round trips in one rule (shrinks to run_worker)."""
+        for _ in range(DRAIN_TURN):
+            report = self._step(worker)
+            self._check()
+            if report is None or report.outcome is not Outcome.PARKED:
+                return
+
+    @rule(worker=st.sampled_from(("w1", "w2")), before=st.sampled_from(PAUSE_POINTS))
+    def run_worker_until(self, worker: str, before: str) -> None:
+        """One worker runs until it is about to write a row or commit (where a pause
+        lets its hold run out and another worker take the job: the zombie's window)."""
+        for count in range(DRAIN_TURN):
+            report = self._step(worker)
+            self._check()
+            if report is None or report.outcome is not Outcome.PARKED:
+                return
+            if count and _pauses_before(report.next or "", before):
+                return
+
+    def _step(self, worker: str) -> StepReport | None:
+        if worker in self.crashed:
+            return None
+        report = self._run(self.scheduler.step(self.worker_name(worker)))
+        STATISTICS.steps += 1
+        note(str(report))
+        return report
+
+    @rule(worker=st.sampled_from(("w1", "w2")))
+    def crash_worker(self, worker: str) -> None:
+        if worker in self.crashed:
+            return
+        name = self.worker_name(worker)
+        self._check()  # every change before the crash is judged as its holder's
+        self._run(self.scheduler.crash(name))
+        self.holders.crash(name)
+        self.crashed.add(worker)
+
+    @rule(worker=st.sampled_from(("w1", "w2")))
+    def restart_worker(self, worker: str) -> None:
+        if worker not in self.crashed:
+            return
+        self.crashed.discard(worker)
+        self.incarnation[worker] += 1
+        self._add_worker(worker)
+
+    def _move_clock(self, by: timedelta) -> None:
+        self.clock.set(self.clock.now() + by)
+        self._run(self.clock.publish())
+
+    async def _publish_time(self, now: datetime) -> None:
+        await self.observer.set_clock(self.runtime.monitor, now)
+
+    # -- checks --------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        STATISTICS.rules += 1
+        self._run(self.trail.read(self.runtime.monitor))
+        self._aim()
+        self._judge()
+
+    def _aim(self) -> None:
+        """Steer the search (targeted property-based testing) towards the zombie's
+        window: a worker about to write a job it holds while its hold grows old."""
+        column = self.spec.holder.column
+        if column is None:
+            return
+        now = self.clock.now()
+        for hold_job, hold in self.holders.holds.items():
+            slot = self.scheduler.slots.get(hold.worker)
+            point = slot.first_ready(now) if slot is not None and not slot.crashed else None
+            if point is None or not _pauses_before(point.label, "a write"):
+                continue
+            mark = moment_of((self.trail.rows.get(hold_job) or {}).get(column))
+            if mark is not None:
+                age = (now - mark).total_seconds()
+                self._target = max(self._target, age)
+
+    def _judge(self, extra: Iterable[Finding] = ()) -> None:
+        new = self.trail.changes[len(self.holders.events) :]
+        events = [self.holders.apply(change) for change in new]
+        findings = [*self.judge.judge(events), *self.judge.check_rows(self.trail.rows), *extra]
+        for slot in self.scheduler.slots.values():
+            for warning in slot.warnings:
+                if warning not in STATISTICS.warnings:
+                    STATISTICS.warnings.append(warning)
+                    note(f"warning: {warning}")
+        raise_findings(findings)
+
+    def teardown(self) -> None:
+        if currently_in_test_context():
+            target(self._target, label="age of a held job at its holder's pending write")
+        try:
+            if sys.exception() is None and self.DRAIN:
+                self._drain()
+        finally:
+            try:
+                self._run(self.scheduler.close())
+            finally:
+                self.runtime.scheduler = None
+                self._patches.close()
+
+    def _drain(self) -> None:
+        """Every live worker runs on, one at a time (each until it waits for time or
+        for another: the drain makes no race of its own), time moving whenever nobody
+        can; then every job must be finished (liveness)."""
+        live = [self.worker_name(slot) for slot in self.WORKER_SLOTS if slot not in self.crashed]
+        if not live:
+            self.incarnation["w1"] += 1
+            self.crashed.discard("w1")
+            self._add_worker("w1")
+            live = [self.worker_name("w1")]
+        timeout = self.spec.holder.timeout_seconds or 30
+        for _ in range(DRAIN_ROUNDS):
+            self._check()
+            if self._all_finished():
+                break
+            moved = False
+            for name in live:
+                for _ in range(DRAIN_TURN):
+                    if not self.scheduler.can_move(name):
+                        break
+                    self._run(self.scheduler.step(name))
+                    STATISTICS.drain_steps += 1
+                    moved = True
+                self._check()
+            if moved:
+                continue
+            wake = self.scheduler.next_wake()
+            if wake is not None and wake > self.clock.now():
+                self._move_clock(wake - self.clock.now())
+            else:
+                self._move_clock(timedelta(seconds=timeout + 1))
+        self._check()
+        self._judge(self.judge.liveness(self.trail.rows))
+
+    def _all_finished(self) -> bool:
+        for job in self.judge.enqueued:
+            if job in self.judge.finished:
+                continue
+            row = self.trail.rows.get(job)
+            if row is None or self.spec.meaning(row.get(self.spec.state)) not in TERMINAL:
+                return False
+        return True
+
+
+def _pauses_before(label: str, point: str) -> bool:
+    """Whether a worker parked before ``label`` is at ``point`` (see PAUSE_POINTS).
+
+    >>> _pauses_before("DELETE FROM jobs WHERE id = $1", "a write")
+    True
+    >>> _pauses_before("COMMIT", "a write")
+    False
+    """
+    first = label.split(" ", 1)[0].upper()
+    if point == "a commit":
+        return first == "COMMIT"
+    return first in _WRITES or (first == "WITH" and any(w in label.upper() for w in _WRITES))
+
+
+def machine_for(
+    adapter: type[Adapter],
+    *,
+    invariants: Sequence[str] | None = None,
+    without: Iterable[str] = (),
+    workers: Sequence[str] = ("w1", "w2"),
+    max_jobs: int = MAX_JOBS,
+    drain: bool = True,
+) -> type[QueueMachine]:
+    """A queue machine for ``adapter``, checking ``invariants`` (all by default) but
+    those ``without``. Its ``TestCase`` is a test."""
+    chosen = select(invariants, without=without)
+
+    @rule(seconds=st.sampled_from(clock_steps(adapter.spec)))
+    def advance_clock(self: QueueMachine, seconds: int) -> None:
+        """Time moves on, by steps around the spec's timeouts (:func:`clock_steps`)."""
+        self._move_clock(timedelta(seconds=seconds))
+
+    return type(
+        f"{adapter.__name__}Machine",
+        (QueueMachine,),
+        {
+            "ADAPTER": adapter,
+            "INVARIANTS": chosen,
+            "WORKER_SLOTS": tuple(workers),
+            "MAX_JOBS": max_jobs,
+            "DRAIN": drain and "liveness" in chosen,
+            "advance_clock": advance_clock,
+            "__module__": adapter.__module__,
+        },
+    )
+
+
+def note(text: str) -> None:
+    if currently_in_test_context():
+        hypothesis_note(text)
+
+
+__all__ = ["STATISTICS", "QueueMachine", "Statistics", "clock_steps", "machine_for", "use_server"]
