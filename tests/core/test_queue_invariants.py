@@ -102,8 +102,23 @@ def test_mutual_exclusion_fires_when_a_second_worker_takes_a_held_job() -> None:
     trail.claim("w1")
     trail.claim("w2")  # running -> running: the lockless claim's lost race
     [finding] = trail.fired("mutual_exclusion")
-    assert "w2 took a job w1 still held" in finding.message
+    assert finding.message == "w2 claimed a job w1 had claimed"
     assert finding.job_id == "1"
+
+
+def test_mutual_exclusion_fires_when_a_claim_lands_on_a_job_another_worker_finished() -> None:
+    # Both read the job as queued; w2 claimed it and finished it; then w1's update lands.
+    trail = Trail()
+    trail.enqueue()
+    trail.claim("w2")
+    trail.write("w2", state="done")
+    trail.claim("w1")
+    [finding] = trail.fired("mutual_exclusion")
+    assert "w2 claimed it at 00:00:00 and left it 'done'" in str(finding.observed)
+    assert [f.invariant for f in in_causal_order(trail.findings)][:2] == [
+        "mutual_exclusion",
+        "transitions",
+    ]
 
 
 def test_a_take_over_after_the_heartbeat_went_stale_or_a_crash_is_no_double_claim() -> None:

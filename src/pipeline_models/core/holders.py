@@ -59,6 +59,7 @@ class Event:
     change: AuditRow
     move: Move
     holder: Hold | None  # who held the job just before the change
+    previous: Hold | None  # the job's last hold, even if it had ended
     taken_away: str | None  # why that hold could be taken away at the change's time
     claims: int  # the job's claims so far, this one included
 
@@ -74,6 +75,7 @@ class HolderHistory:
     spec: Spec
     workers: set[str] = field(default_factory=set)
     holds: dict[str, Hold] = field(default_factory=dict)
+    last: dict[str, Hold] = field(default_factory=dict)  # the last hold, even one ended
     claims: Counter[str] = field(default_factory=Counter)
     events: list[Event] = field(default_factory=list)
 
@@ -92,6 +94,7 @@ class HolderHistory:
         old = spec.meaning(change.value(spec.state, new=False))
         new = spec.meaning(change.value(spec.state))
         hold = self.holds.get(job)
+        previous = self.last.get(job)
         taken_away = self.taken_away(hold, change) if hold is not None else None
         worker = change.actor in self.workers
         if change.operation == "INSERT":
@@ -102,12 +105,12 @@ class HolderHistory:
             move = Move.OTHER
         elif old is Meaning.CLAIMABLE and new is Meaning.IN_PROGRESS:
             move = Move.CLAIM
-        elif (
-            old is Meaning.IN_PROGRESS
-            and new is Meaning.IN_PROGRESS
-            and (hold is None or hold.worker != change.actor or self._expired(hold, change))
+        elif new is Meaning.IN_PROGRESS and (
+            hold is None or hold.worker != change.actor or self._expired(hold, change)
         ):
-            # Someone else's job, or its own after its lease ran out: a (re)claim.
+            # A claim of a job that was not claimable: someone else's job, its own after
+            # its lease ran out, or one another worker claimed (and perhaps finished)
+            # since this worker read it as claimable.
             move = Move.TAKEOVER
         elif hold is not None and hold.worker == change.actor:
             if self._expired(hold, change):
@@ -125,12 +128,12 @@ class HolderHistory:
         claims = self.claims[job]
         if move in (Move.CLAIM, Move.TAKEOVER):
             claims = self.claims[job] = claims + 1
-            self.holds[job] = Hold(change.actor, change.audit_id, change.at)
+            self.holds[job] = self.last[job] = Hold(change.actor, change.audit_id, change.at)
         elif move in (Move.RELEASE, Move.FINISH, Move.RECOVERY, Move.DELETE) or (
             move is Move.OTHER and new is not Meaning.IN_PROGRESS
         ):
             self.holds.pop(job, None)
-        event = Event(change, move, hold, taken_away, claims)
+        event = Event(change, move, hold, previous, taken_away, claims)
         self.events.append(event)
         return event
 

@@ -55,6 +55,9 @@ class Actor(Protocol):
     def warn(self, message: str) -> None:
         """Something the checker cannot see through (said once per message)."""
 
+    def uses(self, connection: Any) -> None:
+        """``connection`` is one of this worker's (cut client-side when it crashes)."""
+
 
 ACTOR: ContextVar[Actor | None] = ContextVar("pipeline_models_actor", default=None)
 
@@ -132,6 +135,7 @@ class CheckedConnection(asyncpg.Connection):  # type: ignore[misc]
             f"SET application_name = {_literal(actor.name)}; SET search_path = {path}", None
         )
         self._pm_actor_name = actor.name
+        actor.uses(self)
 
     @contextlib.contextmanager
     def _pm_flying(self, actor: Actor | None, label: str) -> Iterator[None]:

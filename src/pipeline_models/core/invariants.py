@@ -197,19 +197,31 @@ class QueueJudge:
     # -- per change ------------------------------------------------------------------------
 
     def _mutual_exclusion(self, event: Event) -> list[Finding]:
-        holder = event.holder
-        if event.move is not Move.TAKEOVER or holder is None or event.taken_away is not None:
+        if event.move is not Move.TAKEOVER:
             return []
-        if holder.worker == event.actor:
+        holder = event.holder
+        old = self.spec.meaning(_state(event, self.spec, new=False))
+        if holder is not None and event.taken_away is None and holder.worker != event.actor:
+            other = holder.worker
+            claimed = f"{other} claimed it at {_time(holder.at)}"
+        elif holder is None and old is not Meaning.IN_PROGRESS and event.previous is not None:
+            # Not claimable when this claim landed: another worker claimed it after this
+            # one read it as claimable (and may have finished it already).
+            other = event.previous.worker
+            claimed = (
+                f"{other} claimed it at {_time(event.previous.at)} and left it "
+                f"{_state(event, self.spec, new=False)!r}"
+            )
+        else:
             return []
         return [
             Finding(
                 "mutual_exclusion",
-                f"{event.actor} took a job {holder.worker} still held",
+                f"{event.actor} claimed a job {other} had claimed",
                 event.change.job_id,
                 f"a job in progress is taken only once its holder crashed{self._or_expired()}",
-                f"{holder.worker} claimed it at {_time(holder.at)}, {event.actor} took it "
-                f"at {_time(event.change.at)} ({_move(event, self.spec)})",
+                f"{claimed}; {event.actor} took it at {_time(event.change.at)} "
+                f"({_move(event, self.spec)})",
             )
         ]
 

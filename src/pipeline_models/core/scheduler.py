@@ -32,7 +32,9 @@ from pipeline_models.core.interpose import _REAL_SLEEP, ACTOR
 from pipeline_models.errors import PipelineModelsError
 
 HANG_SECONDS = 30.0
-_POLL_SECONDS = 0.002
+# A statement still in flight after this long is looked for in pg_stat_activity: is it
+# waiting on a lock? (Most come back long before; the look costs a round trip.)
+_LOCK_LOOK_SECONDS = 0.02
 
 
 class SchedulerError(PipelineModelsError):
@@ -98,6 +100,7 @@ class WorkerSlot:
     waiting: list[_Waiting] = field(default_factory=list)
     in_flight: list[_Flying] = field(default_factory=list)
     pids: set[int] = field(default_factory=set)
+    connections: list[Any] = field(default_factory=list)
     crashed: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -121,6 +124,7 @@ class WorkerSlot:
 
     async def _wait(self, point: _Waiting) -> None:
         self.waiting.append(point)
+        self.scheduler.activity.set()
         try:
             await point.future
         finally:
@@ -137,10 +141,17 @@ class WorkerSlot:
     def landed(self, token: object) -> None:
         if token in self.in_flight:
             self.in_flight.remove(token)
+        self.scheduler.activity.set()
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
+
+    def uses(self, connection: Any) -> None:
+        self.connections.append(connection)
+        pid = connection.get_server_pid()
+        if pid is not None:
+            self.pids.add(pid)
 
     # -- state ------------------------------------------------------------------------
 
@@ -171,6 +182,9 @@ class RoundTripScheduler:
         self.hang_seconds = hang_seconds
         self.slots: dict[str, WorkerSlot] = {}
         self.free = False  # the drain may let workers run without parking
+        # Set whenever a round trip comes back or a task starts waiting: settle()
+        # sleeps on it instead of polling.
+        self.activity = asyncio.Event()
 
     # -- workers ------------------------------------------------------------------------
 
@@ -277,15 +291,15 @@ class RoundTripScheduler:
             for flying in slot.in_flight:
                 flying.blocked = False
         quiet = 0
-        polls = 0
         while True:
             await _REAL_SLEEP(0)
             moving = [f for s in self.slots.values() for f in s.in_flight if not f.blocked]
             if moving:
                 quiet = 0
-                polls += 1
-                if polls > 3:
-                    await _REAL_SLEEP(_POLL_SECONDS)
+                self.activity.clear()
+                try:
+                    await asyncio.wait_for(self.activity.wait(), _LOCK_LOOK_SECONDS)
+                except TimeoutError:
                     await self._see_lock_waits(moving)
                 if time.monotonic() > deadline:
                     labels = ", ".join(f.label for f in moving)
@@ -323,12 +337,17 @@ class RoundTripScheduler:
 
     async def crash(self, name: str) -> StepReport:
         """Kill ``name``: its backends terminated (open transactions roll back), its
-        tasks cancelled; round trips already made stay made."""
+        connections cut client-side (or its driver would try to roll back on a dead
+        socket), its tasks cancelled; round trips already made stay made."""
         slot = self.slots.get(name)
         if slot is None or slot.crashed:
             return StepReport(name, Outcome.CRASHED)
         slot.crashed = True
         await self._terminate(slot)
+        for connection in slot.connections:
+            if not connection.is_closed():
+                connection.terminate()
+        slot.connections.clear()
         tasks = [task for task in {*slot.tasks, slot.task} if task is not None and not task.done()]
         for task in tasks:
             task.cancel()

@@ -1,0 +1,155 @@
+"""The checker's hold on a worker it did not write: its time, its round trips, its death.
+
+A probe worker (unchanged code, connecting by itself with ``asyncpg.connect``) records
+what time its SQL and its Python see; the checker parks it before each statement, sees
+it wait on a lock, and kills it mid-transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import asyncpg
+
+from pipeline_models.core import Adapter, Spec, States, machine_for
+from pipeline_models.core.machines import QueueMachine
+from pipeline_models.core.observe import Observer
+from pipeline_models.core.scheduler import Outcome
+
+SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS probe;
+CREATE TABLE IF NOT EXISTS probe.jobs (id bigint PRIMARY KEY, state text NOT NULL);
+CREATE TABLE IF NOT EXISTS probe.seen (
+    worker text, sql_now timestamptz, python_now timestamptz, keyword_now timestamptz
+);
+"""
+
+
+async def probe(dsn: str, *, in_a_transaction: bool = False) -> None:
+    connection = await asyncpg.connect(dsn)
+    while True:
+        if in_a_transaction:
+            async with connection.transaction():
+                await connection.execute("INSERT INTO probe.seen (worker) VALUES ('tx')")
+        else:
+            await connection.execute(
+                "INSERT INTO probe.seen (worker, sql_now, python_now, keyword_now) "
+                "VALUES (current_setting('application_name'), now(), $1, CURRENT_TIMESTAMP)",
+                datetime.now(UTC),
+            )
+        await asyncio.sleep(1)
+
+
+class ProbeAdapter(Adapter):
+    spec = Spec("probe.jobs", States(claimable=["queued"], in_progress=["running"]))
+    in_a_transaction: ClassVar[bool] = False
+
+    async def setup(self, connection: asyncpg.Connection) -> None:
+        await connection.execute(SCHEMA)
+        await connection.execute("TRUNCATE probe.jobs, probe.seen")
+
+    async def enqueue(self, connection: asyncpg.Connection, number: int) -> Any:
+        return await connection.fetchval(
+            "INSERT INTO probe.jobs VALUES ($1, 'queued') RETURNING id", number
+        )
+
+    async def run_worker(self, name: str, dsn: str) -> None:
+        await probe(dsn, in_a_transaction=self.in_a_transaction)
+
+
+class TransactionProbe(ProbeAdapter):
+    in_a_transaction = True
+
+
+def seen(machine: QueueMachine) -> list[asyncpg.Record]:
+    return machine._run(machine.runtime.monitor.fetch("SELECT * FROM probe.seen"))
+
+
+def test_a_workers_sql_now_and_python_now_are_the_checkers_time_and_move_with_it() -> None:
+    machine = machine_for(ProbeAdapter, drain=False)()
+    try:
+        start = machine.clock.now()
+        report = machine._step("w1")
+        assert report is not None
+        assert report.outcome is Outcome.PARKED
+        assert str(report).startswith("w1 before INSERT INTO probe.seen")
+        machine._step("w1")  # the insert, then asleep for a second
+        machine.advance_clock(seconds=31)
+        machine._step("w1")
+        machine._step("w1")
+        first, second = seen(machine)
+        assert (first["worker"], first["sql_now"], first["python_now"]) == ("w1", start, start)
+        later = start + timedelta(seconds=31)
+        assert (second["sql_now"], second["python_now"]) == (later, later)
+        # What the clock cannot reach is Postgres's own: and the checker says so.
+        assert first["keyword_now"] != start
+        [slot] = [machine.scheduler.slots["w1"]]
+        assert any("CURRENT_TIMESTAMP" in warning for warning in slot.warnings)
+    finally:
+        machine.teardown()
+
+
+def test_a_statement_waiting_on_a_lock_is_reported_blocked_then_finishes() -> None:
+    machine = machine_for(ProbeAdapter, drain=False)()
+    locker = machine._run(machine.runtime.server.connect(application_name="locker"))
+    try:
+        machine._step("w1")  # parked before its insert
+        machine._run(locker.execute("BEGIN; LOCK TABLE probe.seen IN ACCESS EXCLUSIVE MODE"))
+        report = machine._step("w1")
+        assert report is not None
+        assert report.outcome is Outcome.BLOCKED
+        assert "INSERT INTO probe.seen" in str(report)
+        machine._run(locker.execute("ROLLBACK"))
+        report = machine._step("w1")
+        assert report is not None
+        assert report.outcome is Outcome.IDLE  # its insert done, asleep
+        assert len(seen(machine)) == 1
+    finally:
+        machine._run(locker.close())
+        machine.teardown()
+
+
+def test_a_crash_before_commit_rolls_the_transaction_back() -> None:
+    machine = machine_for(TransactionProbe, drain=False)()
+    try:
+        machine._step("w1")  # parked before its insert
+        report = machine._step("w1")  # inserted; parked before COMMIT
+        assert report is not None
+        assert report.next == "COMMIT"
+        backends = sorted(machine.scheduler.slots["w1"].pids)
+        assert backends
+        machine.crash_worker(worker="w1")
+        assert seen(machine) == []
+
+        async def alive() -> int:
+            for _ in range(100):  # termination is a signal: the backend exits soon after
+                count = await machine.runtime.monitor.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", backends
+                )
+                if not count:
+                    return 0
+                await asyncio.sleep(0.01)
+            return int(count)
+
+        assert machine._run(alive()) == 0
+    finally:
+        machine.teardown()
+
+
+def test_removing_the_observer_leaves_the_users_table_without_its_trigger() -> None:
+    machine = machine_for(ProbeAdapter, drain=False)()
+    try:
+        monitor = machine.runtime.monitor
+        observer = Observer(ProbeAdapter.spec, checker_schema="pm_test_checker")
+        triggers = "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'probe.jobs'::regclass"
+        before = machine._run(monitor.fetchval(triggers))
+        machine._run(observer.install(monitor))
+        assert machine._run(monitor.fetchval(triggers)) == before  # the same trigger, renewed
+        machine._run(observer.remove(monitor))
+        assert machine._run(monitor.fetchval(triggers)) == before - 1
+        machine._run(machine.observer.install(monitor))  # put back for the other tests
+        machine._run(monitor.execute("DROP SCHEMA pm_test_checker CASCADE"))
+    finally:
+        machine.teardown()
