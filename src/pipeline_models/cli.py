@@ -92,11 +92,44 @@ def main(log_level: str, log_json: bool) -> None:
     help="The document pipeline machine, or the job-queue layer alone.",
 )
 @click.option("--max-examples", type=click.IntRange(1), default=None, help="Override the profile.")
-def check(database_url: str | None, profile: str, machine: str, max_examples: int | None) -> None:
-    """Model-check the reference pipeline: state machines, invariants after every rule.
+@click.option(
+    "--adapter",
+    metavar="MODULE:NAME",
+    default=None,
+    help="Check your own worker through this adapter (a pipeline_models.core.Adapter).",
+)
+@click.option(
+    "--spec",
+    "spec_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="With --adapter: the spec as TOML (a file, or a pyproject with [tool.pipeline-models]).",
+)
+@click.option("--seed", type=int, default=None, help="With --adapter: random search from a seed.")
+@click.option(
+    "--without",
+    multiple=True,
+    metavar="INVARIANT",
+    help="With --adapter: leave out an invariant (repeatable).",
+)
+def check(
+    database_url: str | None,
+    profile: str,
+    machine: str,
+    max_examples: int | None,
+    adapter: str | None,
+    spec_file: str | None,
+    seed: int | None,
+    without: tuple[str, ...],
+) -> None:
+    """Model-check the reference pipeline, or (--adapter) your own worker.
 
-    Exits 0 when no invariant failed; otherwise prints the shrunk program and exits 1.
+    Exits 0 when no invariant failed; otherwise prints each distinct finding with its
+    shrunk program and exits 1.
     """
+    if adapter is not None:
+        _check_own_worker(database_url, adapter, spec_file, profile, seed, max_examples, without)
+        return
     from pipeline_models.check import run_check
     from pipeline_models.database import Database
 
@@ -105,6 +138,32 @@ def check(database_url: str | None, profile: str, machine: str, max_examples: in
             report = run_check(
                 database, machine=machine, profile=profile, max_examples=max_examples
             )
+    except PipelineModelsError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(report.render())
+    sys.exit(0 if report.ok else 1)
+
+
+def _check_own_worker(
+    database_url: str | None,
+    adapter: str,
+    spec_file: str | None,
+    profile: str,
+    seed: int | None,
+    max_examples: int | None,
+    without: tuple[str, ...],
+) -> None:
+    from pipeline_models.core import machine_for, use_server
+    from pipeline_models.core.report import load_adapter, run
+
+    try:
+        system = load_adapter(adapter, spec=spec_file)
+        machine = machine_for(system, without=without)
+    except (PipelineModelsError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    use_server(database_url)
+    try:
+        report = run(machine, profile=profile, seed=seed, max_examples=max_examples)
     except PipelineModelsError as error:
         raise click.ClickException(str(error)) from None
     click.echo(report.render())

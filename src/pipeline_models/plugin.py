@@ -80,6 +80,11 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = pipeline_settings(config)
     profiles.register_profiles()
     profiles.select_profile(settings.profile)
+    if settings.database_url:
+        from pipeline_models.core.machines import use_server
+
+        # Queue machines (machine_for(YourAdapter).TestCase) check on the same server.
+        use_server(settings.database_url)
     if settings.example_database:
         from pipeline_models.examples_database import example_database
 

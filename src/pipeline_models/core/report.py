@@ -13,21 +13,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis.internal.conjecture import engine
 from hypothesis.stateful import run_state_machine_as_test
 
 from pipeline_models.core.adapter import Adapter
 from pipeline_models.core.invariants import QueueViolation
-from pipeline_models.core.machines import STATISTICS, QueueMachine
+from pipeline_models.core.machines import STATISTICS, QueueMachine, queue_settings
 from pipeline_models.core.spec import Spec, SpecError
-
-PROFILES: dict[str, dict[str, Any]] = {
-    "ci": {"max_examples": 50, "derandomize": True},
-    "dev": {"max_examples": 100, "derandomize": False},
-    "fuzz": {"max_examples": 5_000, "derandomize": False},
-}
 
 
 @dataclass
@@ -75,54 +68,70 @@ class Report:
         return "\n".join(lines)
 
 
-def machine_settings(profile: str, **overrides: Any) -> settings:
-    if profile not in PROFILES:
-        raise ValueError(f"no profile {profile!r}; the profiles are {', '.join(PROFILES)}")
-    values: dict[str, Any] = {
-        "stateful_step_count": 50,
-        "deadline": None,
-        "database": None,
-        "suppress_health_check": list(HealthCheck),
-        "phases": [phase for phase in Phase if phase is not Phase.explain],
-        **PROFILES[profile],
-        **overrides,
-    }
-    return settings(**values)
-
-
 def run(
     machine: type[QueueMachine],
     *,
     profile: str = "dev",
     seed: int | None = None,
     max_examples: int | None = None,
+    rounds: int = 3,
     shrink_seconds: float = 60,
 ) -> Report:
-    """Search with ``machine`` and report every distinct finding, each shrunk for at most
-    ``shrink_seconds`` (Hypothesis's own bound is an engine constant, not a setting)."""
+    """Search with ``machine`` and report every distinct finding.
+
+    Hypothesis keeps looking for other bugs for only ten seconds after its first, and a
+    bug that fires early in most programs (a lockless claim) hides the rest. So the
+    search goes on in ``rounds``: each next round starts from the next seed and
+    discards the examples whose first finding is a cause already reported, until a
+    round finds nothing new. Each finding is shrunk for at most ``shrink_seconds``
+    (Hypothesis's own bound is an engine constant, not a setting)."""
+    report = Report(machine.__name__, profile)
+    before = STATISTICS.examples
+    started = time.perf_counter()
+    known: dict[str, Failure] = {}
+    for index in range(rounds):
+        round_seed = (seed or 0) + index if seed is not None or index else None
+        searched = type(
+            machine.__name__,
+            (machine,),
+            {"KNOWN": frozenset(known), "__module__": machine.__module__},
+        )
+        found = _search(searched, profile, round_seed, max_examples, shrink_seconds)
+        new = [failure for failure in found if failure.invariant not in known]
+        for failure in new:
+            known[failure.invariant] = failure
+        if not new:
+            break
+    report.failures = list(known.values())
+    report.seconds = time.perf_counter() - started
+    report.examples = STATISTICS.examples - before
+    report.warnings = list(STATISTICS.warnings)
+    return report
+
+
+def _search(
+    machine: type[QueueMachine],
+    profile: str,
+    seed: int | None,
+    max_examples: int | None,
+    shrink_seconds: float,
+) -> list[Failure]:
     overrides: dict[str, Any] = {}
     if max_examples is not None:
         overrides["max_examples"] = max_examples
     if seed is not None:
         overrides["derandomize"] = False
-        machine = type(machine.__name__, (machine,), {"__module__": machine.__module__})
         hypothesis_seed(seed)(machine)
-    report = Report(machine.__name__, profile)
-    before = STATISTICS.examples
-    started = time.perf_counter()
     shrinking = engine.MAX_SHRINKING_SECONDS
     engine.MAX_SHRINKING_SECONDS = int(shrink_seconds)
     try:
-        run_state_machine_as_test(machine, settings=machine_settings(profile, **overrides))
+        run_state_machine_as_test(machine, settings=queue_settings(profile, **overrides))
     except Exception as error:  # every failure is a finding to report
         errors = list(error.exceptions) if isinstance(error, ExceptionGroup) else [error]
-        report.failures.extend(_failure(found) for found in errors)
+        return [_failure(found) for found in errors]
     finally:
         engine.MAX_SHRINKING_SECONDS = shrinking
-    report.seconds = time.perf_counter() - started
-    report.examples = STATISTICS.examples - before
-    report.warnings = list(STATISTICS.warnings)
-    return report
+    return []
 
 
 def _failure(error: BaseException) -> Failure:
@@ -169,4 +178,4 @@ def load_adapter(reference: str, *, spec: str | None = None) -> type[Adapter]:
     return adapter
 
 
-__all__ = ["PROFILES", "Failure", "Report", "load_adapter", "machine_settings", "run"]
+__all__ = ["Failure", "Report", "load_adapter", "run"]

@@ -27,7 +27,7 @@ async def run(dsn: str, *, poll_seconds: float = 1.0) -> None:
                 await asyncio.sleep(poll_seconds)
                 continue
             try:
-                result = handle(job["payload"])
+                result = await handle(job["payload"])
             except Exception as error:
                 await fail(connection, job, error)
             else:
@@ -36,7 +36,8 @@ async def run(dsn: str, *, poll_seconds: float = 1.0) -> None:
         await connection.close()
 
 
-def handle(payload: str) -> str:
+async def handle(payload: str) -> str:
+    await asyncio.sleep(1)  # the work takes a second
     return payload.upper()
 
 
