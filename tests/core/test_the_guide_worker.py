@@ -8,6 +8,7 @@ short program; the same worker fixed as the guide shows passes five seeded runs.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,23 @@ from pipeline_models.core import machine_for
 from pipeline_models.core.report import run
 from pipeline_models.examples.guide import adapter as guide_adapter
 from pipeline_models.examples.guide.adapter import FixedGuideAdapter, GuideAdapter
+
+GUIDE = Path(__file__).parents[2] / "docs" / "own-worker.md"
+FOLDER = Path(guide_adapter.__file__).parent
+
+
+def headline(line: str) -> str:
+    """A finding's first line without what a different shrink may change (which worker,
+    which job, what times)."""
+    line = re.sub(r"^\s*\d+\. ", "", line.split(": expected")[0])
+    line = re.sub(r"\bw\d(~\d+)?\b", "w?", line)
+    return re.sub(r"\(job \d+\)", "(job ?)", line)
+
+
+def test_the_guide_shows_the_spec_and_adapter_as_they_are() -> None:
+    text = GUIDE.read_text()
+    for name in ("spec.toml", "adapter.py"):
+        assert (FOLDER / name).read_text().rstrip() in text, f"docs/own-worker.md: {name} differs"
 
 
 def test_the_guides_spec_and_adapter_take_under_60_lines() -> None:
@@ -37,6 +55,9 @@ def test_the_checker_reports_the_guide_workers_three_bugs_as_three_findings() ->
     assert "retried for ever" in found["attempts"].lines[0]
     for failure in report.failures:
         assert len(failure.rules) <= 6, failure.story
+    shown = {headline(line) for line in GUIDE.read_text().splitlines() if ". [" in line}
+    for failure in report.failures:
+        assert headline(failure.lines[0]) in shown, failure.lines[0]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])

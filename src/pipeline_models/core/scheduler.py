@@ -61,6 +61,8 @@ class StepReport:
             return f"{self.worker} before {self.next}"
         if self.outcome is Outcome.BLOCKED:
             return f"{self.worker} blocked on a lock in {self.next}"
+        if self.outcome is Outcome.IDLE and self.next:
+            return f"{self.worker} {self.next}"
         if self.outcome is Outcome.ENDED and self.error is not None:
             return f"{self.worker} ended: {type(self.error).__name__}: {self.error}"
         return f"{self.worker} {self.outcome}"
@@ -254,6 +256,9 @@ class RoundTripScheduler:
         point = slot.first_ready(self.clock.now())
         if point is not None:
             return StepReport(slot.name, Outcome.PARKED, point.label)
+        wakes = [p.until for p in slot.waiting if p.until is not None]
+        if wakes:
+            return StepReport(slot.name, Outcome.IDLE, f"asleep until {min(wakes):%H:%M:%S}")
         return StepReport(slot.name, Outcome.IDLE)
 
     def report(self, name: str) -> str:
