@@ -1,0 +1,97 @@
+"""The checker core's speed on a worker it did not write, against the database's limit.
+
+    python benchmarks/core_throughput.py [--repeat 5]
+
+Runs the queue machine over the guide's fixed worker (docs/own-worker.md) in the ci
+profile (derandomized: every run the same programs) after a warm-up, and prints
+examples/s, rules/s and worker round trips/s; then, in the same run, how many of that
+worker's own claim statements one connection can make per second: each round trip the
+checker lets a worker make costs at least one such statement, plus the check after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+from common import database, describe_machine
+
+from pipeline_models.core import machine_for, use_server
+from pipeline_models.core.machines import STATISTICS
+from pipeline_models.core.report import run
+from pipeline_models.examples.guide.adapter import HERE, FixedGuideAdapter
+
+CLAIM = (
+    "UPDATE guide.jobs SET state = 'running', started_at = now() "
+    "WHERE id = (SELECT id FROM guide.jobs WHERE state = 'queued' ORDER BY id LIMIT 1 "
+    "FOR UPDATE SKIP LOCKED) RETURNING id"
+)
+
+
+async def claim_ceiling(url: str, jobs: int = 3000) -> float:
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute((HERE / "schema.sql").read_text())
+        await connection.execute("TRUNCATE guide.jobs RESTART IDENTITY")
+        await connection.execute(
+            "INSERT INTO guide.jobs (payload) SELECT 'job ' || n FROM generate_series(1, $1) n",
+            jobs,
+        )
+        started = time.perf_counter()
+        for _ in range(jobs):
+            await connection.fetchval(CLAIM)
+        rate = jobs / (time.perf_counter() - started)
+        await connection.execute("TRUNCATE guide.jobs RESTART IDENTITY")
+    finally:
+        await connection.close()
+    return rate
+
+
+def main(repeat: int) -> None:
+    with database() as db:
+        use_server(db.url)
+        machine = machine_for(FixedGuideAdapter)
+        run(machine, profile="ci", max_examples=3)  # warm-up: imports, first connections
+        runs = []
+        for _ in range(repeat):
+            before = (
+                STATISTICS.examples,
+                STATISTICS.rules,
+                STATISTICS.steps,
+                STATISTICS.drain_steps,
+            )
+            report = run(machine, profile="ci", rounds=1)
+            after = (
+                STATISTICS.examples,
+                STATISTICS.rules,
+                STATISTICS.steps,
+                STATISTICS.drain_steps,
+            )
+            examples, rules, steps, drain = (b - a for a, b in zip(before, after, strict=True))
+            runs.append((report.seconds, examples, rules, steps + drain, report.ok))
+        ceiling = asyncio.run(claim_ceiling(db.url))
+        seconds = sorted(r[0] for r in runs)
+        median = statistics.median(seconds)
+        _, examples, rules, steps, _ = runs[0]
+        print(f"checker core on the guide's fixed worker, profile ci ({describe_machine(db)})")
+        print(f"  {examples} examples, {rules} checks, {steps} worker round trips per run")
+        print(
+            f"  {repeat} runs: median {median:.2f} s (fastest {seconds[0]:.2f}, "
+            f"slowest {seconds[-1]:.2f})"
+        )
+        print(
+            f"  median: examples/s {examples / median:.1f}, checks/s {rules / median:.0f}, "
+            f"round trips/s {steps / median:.0f}"
+        )
+        print(f"  same run, one connection: {ceiling:.0f} of the worker's claims/s")
+        print(f"  result: {'OK' if all(r[4] for r in runs) else 'FAILED'}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5, help="measured runs (median)")
+    main(parser.parse_args().repeat)
