@@ -12,8 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import asyncpg
+import httpx
 
 from pipeline_models.core import Adapter, Spec, States, machine_for
+from pipeline_models.core.interpose import CheckedTransport
 from pipeline_models.core.machines import QueueMachine
 from pipeline_models.core.observe import Observer
 from pipeline_models.core.scheduler import Outcome
@@ -117,7 +119,7 @@ def test_a_crash_before_commit_rolls_the_transaction_back() -> None:
         machine._step("w1")  # parked before its insert
         report = machine._step("w1")  # inserted; parked before COMMIT
         assert report is not None
-        assert report.next == "COMMIT"
+        assert report.next == "before COMMIT"
         backends = sorted(machine.scheduler.slots["w1"].pids)
         assert backends
         machine.crash_worker(worker="w1")
@@ -151,5 +153,40 @@ def test_removing_the_observer_leaves_the_users_table_without_its_trigger() -> N
         assert machine._run(monitor.fetchval(triggers)) == before - 1
         machine._run(machine.observer.install(monitor))  # put back for the other tests
         machine._run(monitor.execute("DROP SCHEMA pm_test_checker CASCADE"))
+    finally:
+        machine.teardown()
+
+
+async def _answer(scope: Any, receive: Any, send: Any) -> None:
+    """An in-process service: answers every request with 200."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+class CallingProbe(ProbeAdapter):
+    """A worker that calls a service between two statements, through an httpx client
+    the adapter builds with the checker's transport around the worker's own."""
+
+    async def run_worker(self, name: str, dsn: str) -> None:
+        transport = CheckedTransport(httpx.ASGITransport(app=_answer))
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            connection = await asyncpg.connect(dsn)
+            while True:
+                await connection.execute("INSERT INTO probe.seen (worker) VALUES ('before')")
+                await client.post("/charge")
+                await connection.execute("INSERT INTO probe.seen (worker) VALUES ('after')")
+                await asyncio.sleep(1)
+
+
+def test_a_workers_http_call_is_a_round_trip_it_stops_before_and_after() -> None:
+    machine = machine_for(CallingProbe, drain=False)()
+    try:
+        labels = [str(machine._step("w1")) for _ in range(4)]
+        assert labels == [
+            "w1 before INSERT INTO probe.seen (worker) VALUES ('before')",
+            "w1 before POST /charge",
+            "w1 after POST /charge",  # its effect is out
+            "w1 before INSERT INTO probe.seen (worker) VALUES ('after')",
+        ]
     finally:
         machine.teardown()

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline_models.core.observe import _TEMPLATES as CORE_QUERIES
 from pipeline_models.history import AUDIT_QUERIES
 from pipeline_models.pipeline.ratelimit import RATE_LIMIT_QUERIES
 from pipeline_models.queries import QUERIES, Queries
@@ -19,10 +20,18 @@ def test_every_query_the_code_names_exists_and_every_query_is_used() -> None:
     named |= set(re.findall(r'q\["([a-z_]+)"\]', code))
     named |= set(re.findall(r'\.move\(\s*\w+,\s*"([a-z_]+)"', code))
     named |= set(re.findall(r'\._query\(\s*"([a-z_]+)"', code))
-    known = set(QUERIES) | set(CHECKER_QUERIES) | set(AUDIT_QUERIES) | set(RATE_LIMIT_QUERIES)
+    named |= set(re.findall(r'\.sql\["([a-z_]+)"\]', code))
+    known = (
+        set(QUERIES)
+        | set(CHECKER_QUERIES)
+        | set(AUDIT_QUERIES)
+        | set(RATE_LIMIT_QUERIES)
+        | set(CORE_QUERIES)
+    )
     assert named - known == set()
     assert set(QUERIES) - named == set()
     assert set(RATE_LIMIT_QUERIES) - named == set()
+    assert set(CORE_QUERIES) - named == set()
 
 
 def test_every_query_documents_its_parameters() -> None:

@@ -324,7 +324,7 @@ class QueueMachine(RuleBasedStateMachine):
         for hold_job, hold in self.holders.holds.items():
             slot = self.scheduler.slots.get(hold.worker)
             point = slot.first_ready(now) if slot is not None and not slot.crashed else None
-            if point is None or not _pauses_before(point.label, "a write"):
+            if point is None or not _pauses_before(point.where, "a write"):
                 continue
             mark = moment_of((self.trail.rows.get(hold_job) or {}).get(column))
             if mark is not None:
@@ -404,14 +404,17 @@ class QueueMachine(RuleBasedStateMachine):
         return True
 
 
-def _pauses_before(label: str, point: str) -> bool:
-    """Whether a worker parked before ``label`` is at ``point`` (see PAUSE_POINTS).
+def _pauses_before(where: str, point: str) -> bool:
+    """Whether a worker parked at ``where`` stands before ``point`` (see PAUSE_POINTS).
 
-    >>> _pauses_before("DELETE FROM jobs WHERE id = $1", "a write")
+    >>> _pauses_before("before DELETE FROM jobs WHERE id = $1", "a write")
     True
-    >>> _pauses_before("COMMIT", "a write")
+    >>> _pauses_before("before COMMIT", "a write")
     False
     """
+    if not where.startswith("before "):
+        return False
+    label = where.removeprefix("before ")
     first = label.split(" ", 1)[0].upper()
     if point == "a commit":
         return first == "COMMIT"

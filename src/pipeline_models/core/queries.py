@@ -1,11 +1,11 @@
-"""Named SQL, loaded from a package's ``sql/*.sql`` through importlib.resources.
+r"""Named SQL, loaded from a package's ``sql/*.sql`` through importlib.resources.
 
 Each block starts with ``-- name: <name>``; the comment lines after it document the query
 and its parameters. Code refers to queries by name and never builds SQL from values.
 A mutant of the pipeline replaces a query by name (:meth:`Queries.replace`).
 
->>> queries = Queries.parse("-- name: one\n-- the number one\nSELECT 1;")
->>> queries["one"].sql, queries["one"].doc
+>>> parsed = Queries.parse("-- name: one\n-- the number one\nSELECT 1;")
+>>> parsed["one"].sql, parsed["one"].doc
 ('SELECT 1', 'the number one')
 """
 

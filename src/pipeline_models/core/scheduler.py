@@ -58,7 +58,7 @@ class StepReport:
 
     def __str__(self) -> str:
         if self.outcome is Outcome.PARKED:
-            return f"{self.worker} before {self.next}"
+            return f"{self.worker} {self.next}"
         if self.outcome is Outcome.BLOCKED:
             return f"{self.worker} blocked on a lock in {self.next}"
         if self.outcome is Outcome.IDLE and self.next:
@@ -80,6 +80,11 @@ class _Waiting:
 
     def ready(self, now: datetime) -> bool:
         return self.until is None or self.until <= now
+
+    @property
+    def where(self) -> str:
+        """Where the worker stands, for a story: before its round trip, after a call."""
+        return f"after {self.label}" if self.kind == "after_call" else f"before {self.label}"
 
 
 @dataclass(eq=False)
@@ -255,7 +260,7 @@ class RoundTripScheduler:
             return StepReport(slot.name, Outcome.BLOCKED, blocked.label)
         point = slot.first_ready(self.clock.now())
         if point is not None:
-            return StepReport(slot.name, Outcome.PARKED, point.label)
+            return StepReport(slot.name, Outcome.PARKED, point.where)
         wakes = [p.until for p in slot.waiting if p.until is not None]
         if wakes:
             return StepReport(slot.name, Outcome.IDLE, f"asleep until {min(wakes):%H:%M:%S}")
@@ -265,7 +270,7 @@ class RoundTripScheduler:
         """Where ``name`` stands now, for notes."""
         slot = self.slots[name]
         point = slot.first_ready(self.clock.now())
-        return f"{name} before {point.label}" if point else f"{name} idle"
+        return f"{name} {point.where}" if point else f"{name} idle"
 
     def can_move(self, name: str) -> bool:
         """Whether a step of ``name`` would do anything (for the drain)."""

@@ -94,7 +94,15 @@ def _fired(error: BaseException) -> tuple[list[str], str]:
         names = sorted({violation.invariant for violation in error.violations})
         return names, str(error.violations[0])
     if isinstance(error, Flaky):
-        return [FLAKY], str(error).splitlines()[0]
+        # A FlakyFailure carries what the first run raised: the lead to follow.
+        inner = getattr(error, "exceptions", ())
+        first = (
+            f"; the first run raised {type(inner[0]).__name__}: "
+            f"{(str(inner[0]).splitlines() or [''])[0]}"
+            if inner
+            else ""
+        )
+        return [FLAKY], str(error).splitlines()[0] + first
     if isinstance(error, AssertionError):
         return ["api contract"], (str(error).splitlines() or [""])[0]
     return [f"error: {type(error).__name__}"], (str(error).splitlines() or [""])[0]
