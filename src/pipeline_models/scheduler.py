@@ -40,6 +40,7 @@ from typing import Any
 
 import asyncpg
 
+from pipeline_models.core.scheduler import TERMINATE
 from pipeline_models.database import Database
 from pipeline_models.errors import DatabaseUnavailableError, PipelineModelsError
 from pipeline_models.lifecycle import Stage
@@ -448,7 +449,7 @@ class CheckpointScheduler:
             return StepReport(name, Outcome.CRASHED)
         slot.crashed = True
         if slot.backend_pid is not None:
-            await self.admin.execute("SELECT pg_terminate_backend($1)", slot.backend_pid)
+            await self.admin.execute(TERMINATE, [slot.backend_pid])
         connection = slot.worker._connection
         if connection is not None and not connection.is_closed():
             # Close client-side before cancelling, or asyncpg tries to roll back on the
@@ -464,7 +465,7 @@ class CheckpointScheduler:
         """Terminate ``name``'s backend only; the worker finds out at its next query."""
         slot = self._slot(name)
         if slot.backend_pid is not None:
-            await self.admin.execute("SELECT pg_terminate_backend($1)", slot.backend_pid)
+            await self.admin.execute(TERMINATE, [slot.backend_pid])
 
     async def run_freely(self, seconds: float) -> None:
         """Concurrent mode: every live worker runs steps in parallel for ``seconds``."""

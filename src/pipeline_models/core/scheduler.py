@@ -32,6 +32,14 @@ from pipeline_models.core.interpose import _REAL_SLEEP, ACTOR
 from pipeline_models.errors import PipelineModelsError
 
 HANG_SECONDS = 30.0
+# Terminate backends and wait (up to 5 s each) until they are gone: a terminated
+# backend's locks are released only when its process exits, and a step taken before
+# that would wait on them for as long as the machine is slow (a lock wait that shows
+# under load and not otherwise: a program that does not replay).
+# $1 pids int[]
+TERMINATE = (
+    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE pid = ANY($1::int[])"
+)
 # A statement still in flight after this long is looked for in pg_stat_activity: is it
 # waiting on a lock? (Most come back long before; the look costs a round trip.)
 _LOCK_LOOK_SECONDS = 0.02
@@ -375,10 +383,7 @@ class RoundTripScheduler:
 
     async def _terminate(self, slot: WorkerSlot) -> None:
         if slot.pids:
-            await self.admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1::int[])",
-                sorted(slot.pids),
-            )
+            await self.admin.execute(TERMINATE, sorted(slot.pids))
             slot.pids.clear()
 
     async def close(self) -> None:
@@ -413,6 +418,7 @@ def task_factory(
 
 __all__ = [
     "HANG_SECONDS",
+    "TERMINATE",
     "Outcome",
     "RoundTripScheduler",
     "SchedulerError",
