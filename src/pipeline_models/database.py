@@ -31,6 +31,7 @@ from pipeline_models.core.server import (
     ENVIRONMENT_VARIABLE,
     _explain_connect_error,
     _validate_url,
+    connect,
     redact,
     resolve_url,
 )
@@ -97,21 +98,9 @@ class Database:
 
     async def connect(self, *, application_name: str = "pipeline-models") -> asyncpg.Connection:
         """A new connection with ``search_path`` set to the pipeline's schema."""
-        try:
-            connection = await asyncpg.connect(
-                self.url,
-                timeout=CONNECT_TIMEOUT,
-                server_settings={
-                    "search_path": self.schema,
-                    "application_name": application_name,
-                },
-            )
-        except (asyncpg.PostgresError, OSError, TimeoutError, asyncpg.InterfaceError) as error:
-            raise _explain_connect_error(self.url, error) from error
-        except ValueError as error:  # asyncpg's DSN parser
-            raise DatabaseConfigurationError(
-                f"DATABASE_URL {redact(self.url)!r} is malformed: {error}"
-            ) from None
+        connection = await connect(
+            self.url, search_path=self.schema, application_name=application_name
+        )
         await _init_connection(connection)
         return connection
 

@@ -14,7 +14,6 @@ import asyncio
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -85,6 +84,21 @@ def _explain_connect_error(url: str, error: BaseException) -> DatabaseConfigurat
     return DatabaseConfigurationError(f"{why} {fallback}")
 
 
+async def connect(url: str, **server_settings: str) -> asyncpg.Connection:
+    """A new connection to ``url`` with these server settings; a wrong or unreachable URL
+    fails within seconds, naming the URL (password hidden) and the fix."""
+    try:
+        return await asyncpg.connect(
+            url, timeout=CONNECT_TIMEOUT, server_settings=dict(server_settings)
+        )
+    except (asyncpg.PostgresError, OSError, TimeoutError, asyncpg.InterfaceError) as error:
+        raise _explain_connect_error(url, error) from error
+    except ValueError as error:  # asyncpg's DSN parser
+        raise DatabaseConfigurationError(
+            f"DATABASE_URL {redact(url)!r} is malformed: {error}"
+        ) from None
+
+
 @dataclass
 class Server:
     """A Postgres server: the URL's, or an embedded one this object started (and stops
@@ -108,17 +122,7 @@ class Server:
 
     async def connect(self, *, application_name: str, **settings: str) -> asyncpg.Connection:
         """A new connection named ``application_name``, with these server settings."""
-        server_settings: dict[str, Any] = {"application_name": application_name, **settings}
-        try:
-            return await asyncpg.connect(
-                self.url, timeout=CONNECT_TIMEOUT, server_settings=server_settings
-            )
-        except (asyncpg.PostgresError, OSError, TimeoutError, asyncpg.InterfaceError) as error:
-            raise _explain_connect_error(self.url, error) from error
-        except ValueError as error:  # asyncpg's DSN parser
-            raise DatabaseConfigurationError(
-                f"DATABASE_URL {redact(self.url)!r} is malformed: {error}"
-            ) from None
+        return await connect(self.url, application_name=application_name, **settings)
 
     def close(self) -> None:
         if self.embedded is not None:
@@ -131,4 +135,4 @@ class Server:
         self.close()
 
 
-__all__ = ["CONNECT_TIMEOUT", "ENVIRONMENT_VARIABLE", "Server", "redact", "resolve_url"]
+__all__ = ["CONNECT_TIMEOUT", "ENVIRONMENT_VARIABLE", "Server", "connect", "redact", "resolve_url"]
