@@ -190,3 +190,38 @@ def test_a_workers_http_call_is_a_round_trip_it_stops_before_and_after() -> None
         ]
     finally:
         machine.teardown()
+
+
+class PsycopgProbe(ProbeAdapter):
+    """The probe on psycopg 3 (async), in a transaction of its own."""
+
+    async def run_worker(self, name: str, dsn: str) -> None:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(dsn) as connection:
+            while True:
+                async with connection.transaction():
+                    await connection.execute(
+                        "INSERT INTO probe.seen (worker, sql_now) "
+                        "VALUES (current_setting('application_name'), now())"
+                    )
+                await asyncio.sleep(1)
+
+
+def test_a_psycopg_worker_is_stopped_before_each_statement_and_commit_and_reads_our_time() -> None:
+    machine = machine_for(PsycopgProbe, drain=False)()
+    try:
+        labels = [str(machine._step("w1")) for _ in range(3)]
+        assert labels == [
+            "w1 before INSERT INTO probe.seen (worker, sql_now) VALUES (current_setting('appl …",
+            "w1 before COMMIT",
+            "w1 asleep until 00:00:01",
+        ]
+        [row] = seen(machine)
+        assert (row["worker"], row["sql_now"]) == ("w1", machine.clock.now())
+        machine._step("w1")  # wakes: before its next insert
+        machine._step("w1")  # inserted, before COMMIT
+        machine.crash_worker(worker="w1")
+        assert len(seen(machine)) == 1  # the open transaction died with it
+    finally:
+        machine.teardown()

@@ -4,10 +4,12 @@ A worker under the checker runs as asyncio tasks whose context names it (:data:`
 Wherever such a task makes a round trip, it first waits for the scheduler's leave:
 
 * a statement on a database connection (:class:`CheckedConnection`, an
-  ``asyncpg.Connection``; :func:`patched_drivers` makes ``asyncpg.connect`` and
-  ``asyncpg.create_pool`` use it, so a worker that connects by itself is checked as it
-  is), named by what comes next: ``before UPDATE guide.jobs SET state = 'running' …``
-  or ``before COMMIT``;
+  ``asyncpg.Connection``, and :func:`checked_psycopg_class`, a psycopg 3
+  ``AsyncConnection``; :func:`patched_drivers` makes ``asyncpg.connect``,
+  ``asyncpg.create_pool`` and ``psycopg.AsyncConnection.connect`` (so psycopg_pool's
+  pools) use them, so a worker that connects by itself is checked as it is), named by
+  what comes next: ``before UPDATE guide.jobs SET state = 'running' …`` or ``before
+  COMMIT``;
 * an HTTP request through :class:`CheckedTransport` (an httpx transport wrapping the
   worker's own), before it is sent and after its answer (its effect is out);
 * ``asyncio.sleep``: the worker waits for the checker's time to pass, not the wall's.
@@ -177,6 +179,95 @@ def checked_class(base: type[asyncpg.Connection]) -> type[asyncpg.Connection]:
     return type(f"Checked{base.__name__}", (CheckedConnection, base), {})
 
 
+def _psycopg_round_trip(connection: Any, gen: Any) -> tuple[str, str]:
+    """What a psycopg generator will do on the wire: (kind, label), read from the
+    generator's own arguments before it starts (psycopg sends everything through its
+    connection's ``wait``)."""
+    name = getattr(getattr(gen, "gi_code", None), "co_name", "")
+    arguments = getattr(getattr(gen, "gi_frame", None), "f_locals", {}) or {}
+    if name == "_commit_gen":
+        return "commit", "COMMIT"
+    if name == "_rollback_gen":
+        return "rollback", "ROLLBACK"
+    if name == "_exit_gen":  # a transaction block ending: committed unless it raised
+        return (
+            ("commit", "COMMIT") if arguments.get("exc_type") is None else ("rollback", "ROLLBACK")
+        )
+    query = arguments.get("query", arguments.get("command"))
+    if query is None:
+        return "begin", name  # internal (BEGIN, autocommit, fetching a stream): in flight only
+    if hasattr(query, "as_string"):
+        query = query.as_string(connection)
+    elif isinstance(query, bytes | bytearray | memoryview):
+        query = bytes(query).decode("utf-8", "replace")
+    return describe_statement(str(query))
+
+
+class _CheckedPsycopg:
+    """Mixed into a psycopg ``AsyncConnection`` (see :func:`checked_psycopg_class`)."""
+
+    _pm_actor_name: str | None = None
+
+    async def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        actor = ACTOR.get()
+        if actor is None:
+            return await super().wait(gen, *args, **kwargs)  # type: ignore[misc]
+        if self._pm_actor_name != actor.name:
+            token = actor.flying(None, "naming its session")
+            try:
+                await self._pm_become(actor)
+            finally:
+                actor.landed(token)
+        kind, label = _psycopg_round_trip(self, gen)
+        if kind == "statement":
+            keyword = unreachable_time(label)
+            if keyword:
+                actor.warn(
+                    f"{actor.name} uses {keyword}, which the checker's clock cannot reach "
+                    f"(in: {label}); use now() so that time is the checker's"
+                )
+        if kind != "begin":
+            await actor.round_trip(kind, label)
+        token = actor.flying(self.info.backend_pid, label)  # type: ignore[attr-defined]
+        try:
+            return await super().wait(gen, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            actor.landed(token)
+
+    async def _pm_become(self, actor: Actor) -> None:
+        base = super()
+        show = await base.wait(self._exec_command(b"SHOW search_path"))  # type: ignore[attr-defined]
+        path = show.get_value(0, 0).decode() if show is not None else "public"
+        for command in (
+            f"SET application_name = {_literal(actor.name)}",
+            f'SET search_path = "{actor.clock_schema}", pg_catalog, {path}',
+        ):  # one statement per command: psycopg refuses several results
+            await base.wait(self._exec_command(command.encode()))  # type: ignore[attr-defined]
+        self._pm_actor_name = actor.name
+        actor.uses(self)
+
+    def get_server_pid(self) -> int:
+        return int(self.info.backend_pid)  # type: ignore[attr-defined]
+
+    def is_closed(self) -> bool:
+        return bool(self.closed)  # type: ignore[attr-defined]
+
+    def terminate(self) -> None:
+        self.pgconn.finish()  # type: ignore[attr-defined]
+
+
+_PSYCOPG_CLASSES: dict[type[Any], type[Any]] = {}
+
+
+def checked_psycopg_class(base: type[Any]) -> type[Any]:
+    """``base`` (a psycopg ``AsyncConnection`` class) with the checkpoints mixed in."""
+    if issubclass(base, _CheckedPsycopg):
+        return base
+    if base not in _PSYCOPG_CLASSES:
+        _PSYCOPG_CLASSES[base] = type(f"Checked{base.__name__}", (_CheckedPsycopg, base), {})
+    return _PSYCOPG_CLASSES[base]
+
+
 class CheckedTransport(httpx.AsyncBaseTransport):
     """An httpx transport that lets a worker's request leave only when the scheduler
     says so, and stops it again once its answer is in (the call's effect is out)."""
@@ -240,12 +331,42 @@ def patched_drivers() -> Iterator[None]:
     asyncpg.connect = connect
     asyncpg.create_pool = create_pool
     asyncio.sleep = _checked_sleep
+    restore_psycopg = _patch_psycopg()
     try:
         yield
     finally:
         asyncpg.connect = original_connect
         asyncpg.create_pool = original_pool
         asyncio.sleep = _REAL_SLEEP
+        restore_psycopg()
+
+
+def _patch_psycopg() -> Any:
+    """``psycopg.AsyncConnection.connect`` (and so psycopg_pool's pools) hands out
+    checked connections; returns what undoes it. Nothing if psycopg is not installed."""
+    try:
+        import psycopg
+    except ImportError:
+        return lambda: None
+    original = psycopg.AsyncConnection.__dict__["connect"]
+
+    async def connect(cls: type[Any], *args: Any, **kwargs: Any) -> Any:
+        checked = checked_psycopg_class(cls)
+        actor = ACTOR.get()
+        if actor is None:
+            return await original.__func__(checked, *args, **kwargs)
+        token = actor.flying(None, "connecting")
+        try:
+            return await original.__func__(checked, *args, **kwargs)
+        finally:
+            actor.landed(token)
+
+    psycopg.AsyncConnection.connect = classmethod(connect)  # type: ignore[method-assign,assignment]
+
+    def restore() -> None:
+        psycopg.AsyncConnection.connect = original  # type: ignore[method-assign]
+
+    return restore
 
 
 __all__ = [
@@ -254,6 +375,7 @@ __all__ = [
     "CheckedConnection",
     "CheckedTransport",
     "checked_class",
+    "checked_psycopg_class",
     "describe_statement",
     "patched_drivers",
 ]
