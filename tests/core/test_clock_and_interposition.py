@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 
 from pipeline_models.core import Adapter, Spec, States, machine_for
-from pipeline_models.core.interpose import CheckedTransport
+from pipeline_models.core.interpose import CheckedTransport, in_a_thread
 from pipeline_models.core.machines import QueueMachine
 from pipeline_models.core.observe import Observer
 from pipeline_models.core.scheduler import Outcome
@@ -223,5 +223,47 @@ def test_a_psycopg_worker_is_stopped_before_each_statement_and_commit_and_reads_
         machine._step("w1")  # inserted, before COMMIT
         machine.crash_worker(worker="w1")
         assert len(seen(machine)) == 1  # the open transaction died with it
+    finally:
+        machine.teardown()
+
+
+def sync_probe(dsn: str) -> None:
+    """The probe as a sync worker: psycopg 3, time.sleep, run in a thread."""
+    import time
+
+    import psycopg
+
+    with psycopg.connect(dsn) as connection:
+        while True:
+            with connection.transaction():
+                connection.execute(
+                    "INSERT INTO probe.seen (worker, sql_now, python_now) "
+                    "VALUES (current_setting('application_name'), now(), %s)",
+                    (datetime.now(UTC),),
+                )
+            time.sleep(1)
+
+
+class ThreadProbe(ProbeAdapter):
+    async def run_worker(self, name: str, dsn: str) -> None:
+        await in_a_thread(sync_probe, dsn)
+
+
+def test_a_sync_worker_in_a_thread_is_checked_like_any_other() -> None:
+    machine = machine_for(ThreadProbe, drain=False)()
+    try:
+        labels = [str(machine._step("w1")) for _ in range(3)]
+        assert labels == [
+            "w1 before INSERT INTO probe.seen (worker, sql_now, python_now) VALUES (current_s …",
+            "w1 before COMMIT",
+            "w1 asleep until 00:00:01",
+        ]
+        [row] = seen(machine)
+        start = machine.clock.now()
+        assert (row["worker"], row["sql_now"], row["python_now"]) == ("w1", start, start)
+        machine._step("w1")  # its sleep passes: before its next insert
+        machine._step("w1")  # inserted, before COMMIT
+        machine.crash_worker(worker="w1")
+        assert len(seen(machine)) == 1
     finally:
         machine.teardown()

@@ -40,7 +40,7 @@ NEVER_CLAIMS = Mutant(
 @pytest.fixture
 def options(pipeline_database: Database) -> RunOptions:
     return RunOptions(
-        pipeline_database.url, sides=["checker"], max_examples=4, rounds=2, shrink_seconds=5
+        pipeline_database.url, sides=["checker"], max_examples=2, rounds=2, shrink_seconds=5
     )
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -59,6 +60,12 @@ class Actor(Protocol):
 
     def uses(self, connection: Any) -> None:
         """``connection`` is one of this worker's (cut client-side when it crashes)."""
+
+    def from_thread(self, coroutine: Any) -> Any:
+        """Run one of the coroutines above from a worker's thread, blocking it."""
+
+    def thread_starts(self) -> None:
+        """A thread of this worker starts: in flight until its first round trip."""
 
 
 ACTOR: ContextVar[Actor | None] = ContextVar("pipeline_models_actor", default=None)
@@ -256,16 +263,88 @@ class _CheckedPsycopg:
         self.pgconn.finish()  # type: ignore[attr-defined]
 
 
+class _CheckedPsycopgSync(_CheckedPsycopg):
+    """Mixed into a psycopg (sync) ``Connection`` used by a worker in a thread: the
+    thread blocks at each round trip until the scheduler, on the event loop, says go."""
+
+    def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        actor = ACTOR.get()
+        base = super(_CheckedPsycopg, self)
+        if actor is None:
+            return base.wait(gen, *args, **kwargs)  # type: ignore[attr-defined]
+        if self._pm_actor_name != actor.name:
+            show = base.wait(self._exec_command(b"SHOW search_path"))  # type: ignore[attr-defined]
+            path = show.get_value(0, 0).decode() if show is not None else "public"
+            for command in (
+                f"SET application_name = {_literal(actor.name)}",
+                f'SET search_path = "{actor.clock_schema}", pg_catalog, {path}',
+            ):
+                base.wait(self._exec_command(command.encode()))  # type: ignore[attr-defined]
+            self._pm_actor_name = actor.name
+            actor.from_thread(_call(actor.uses, self))
+        kind, label = _psycopg_round_trip(self, gen)
+        if kind != "begin":
+            actor.from_thread(actor.round_trip(kind, label))
+        token = actor.flying(self.info.backend_pid, label)  # type: ignore[attr-defined]
+        try:
+            return base.wait(gen, *args, **kwargs)  # type: ignore[attr-defined]
+        finally:
+            actor.landed(token)
+
+
+async def _call(function: Any, *args: Any) -> Any:
+    return function(*args)
+
+
 _PSYCOPG_CLASSES: dict[type[Any], type[Any]] = {}
 
 
 def checked_psycopg_class(base: type[Any]) -> type[Any]:
-    """``base`` (a psycopg ``AsyncConnection`` class) with the checkpoints mixed in."""
+    """``base`` (a psycopg ``AsyncConnection`` or ``Connection`` class) with the
+    checkpoints mixed in."""
     if issubclass(base, _CheckedPsycopg):
         return base
     if base not in _PSYCOPG_CLASSES:
-        _PSYCOPG_CLASSES[base] = type(f"Checked{base.__name__}", (_CheckedPsycopg, base), {})
+        import psycopg
+
+        mixin = (
+            _CheckedPsycopg if issubclass(base, psycopg.AsyncConnection) else _CheckedPsycopgSync
+        )
+        _PSYCOPG_CLASSES[base] = type(f"Checked{base.__name__}", (mixin, base), {})
     return _PSYCOPG_CLASSES[base]
+
+
+async def in_a_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a sync worker (``function``) in a thread of its own, as a checked worker:
+    its psycopg round trips and its ``time.sleep`` wait for the scheduler. For an
+    adapter's ``run_worker``: ``await in_a_thread(worker.run, dsn)``."""
+    actor = ACTOR.get()
+    if actor is not None:
+        actor.thread_starts()
+    try:
+        return await asyncio.to_thread(function, *args, **kwargs)
+    finally:
+        if actor is not None:
+            actor.from_thread(None)  # the thread is over: nothing of it runs any more
+
+
+_REAL_TIME_SLEEP = time.sleep
+
+
+def _checked_time_sleep(seconds: Any) -> None:
+    actor = ACTOR.get()
+    if actor is None or seconds <= 0 or _in_the_loop():
+        _REAL_TIME_SLEEP(seconds)
+        return
+    actor.from_thread(actor.sleep(float(seconds)))
+
+
+def _in_the_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class CheckedTransport(httpx.AsyncBaseTransport):
@@ -331,6 +410,7 @@ def patched_drivers() -> Iterator[None]:
     asyncpg.connect = connect
     asyncpg.create_pool = create_pool
     asyncio.sleep = _checked_sleep
+    time.sleep = _checked_time_sleep
     restore_psycopg = _patch_psycopg()
     try:
         yield
@@ -338,6 +418,7 @@ def patched_drivers() -> Iterator[None]:
         asyncpg.connect = original_connect
         asyncpg.create_pool = original_pool
         asyncio.sleep = _REAL_SLEEP
+        time.sleep = _REAL_TIME_SLEEP
         restore_psycopg()
 
 
@@ -362,9 +443,20 @@ def _patch_psycopg() -> Any:
             actor.landed(token)
 
     psycopg.AsyncConnection.connect = classmethod(connect)  # type: ignore[method-assign,assignment]
+    original_sync = psycopg.Connection.__dict__["connect"]
+
+    def connect_sync(cls: type[Any], *args: Any, **kwargs: Any) -> Any:
+        return original_sync.__func__(checked_psycopg_class(cls), *args, **kwargs)
+
+    psycopg.Connection.connect = classmethod(connect_sync)  # type: ignore[method-assign,assignment]
+    # psycopg.connect is Connection.connect, bound when psycopg was imported.
+    original_function = psycopg.connect
+    psycopg.connect = psycopg.Connection.connect
 
     def restore() -> None:
         psycopg.AsyncConnection.connect = original  # type: ignore[method-assign]
+        psycopg.Connection.connect = original_sync  # type: ignore[method-assign]
+        psycopg.connect = original_function
 
     return restore
 
@@ -377,5 +469,6 @@ __all__ = [
     "checked_class",
     "checked_psycopg_class",
     "describe_statement",
+    "in_a_thread",
     "patched_drivers",
 ]

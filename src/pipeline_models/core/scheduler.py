@@ -116,6 +116,7 @@ class WorkerSlot:
     in_flight: list[_Flying] = field(default_factory=list)
     pids: set[int] = field(default_factory=set)
     connections: list[Any] = field(default_factory=list)
+    thread_running: object | None = None  # a worker thread between two round trips
     crashed: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -139,7 +140,7 @@ class WorkerSlot:
 
     async def _wait(self, point: _Waiting) -> None:
         self.waiting.append(point)
-        self.scheduler.activity.set()
+        self.scheduler.poke()
         try:
             await point.future
         finally:
@@ -156,7 +157,35 @@ class WorkerSlot:
     def landed(self, token: object) -> None:
         if token in self.in_flight:
             self.in_flight.remove(token)
-        self.scheduler.activity.set()
+        self.scheduler.poke()
+
+    def thread_starts(self) -> None:
+        self.thread_running = self.flying(None, "running in its thread")
+
+    def from_thread(self, coroutine: Any) -> Any:
+        """A worker's thread runs ``coroutine`` on the scheduler's loop and waits for it.
+
+        While the thread runs between two such calls it is in flight (the loop cannot
+        see it work); ``None`` says the thread is over. The hand-over happens on the
+        loop, where settle() looks: the thread is counted running until its coroutine
+        starts there, and again from the moment it ends there."""
+        if coroutine is None:
+            running, self.thread_running = self.thread_running, None
+            if running is not None:
+                self.landed(running)
+            return None
+
+        async def handed_over() -> Any:
+            running, self.thread_running = self.thread_running, None
+            if running is not None:
+                self.landed(running)
+            try:
+                return await coroutine
+            finally:
+                if not self.crashed:
+                    self.thread_running = self.flying(None, "running in its thread")
+
+        return asyncio.run_coroutine_threadsafe(handed_over(), self.scheduler.loop).result()
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -200,6 +229,18 @@ class RoundTripScheduler:
         # Set whenever a round trip comes back or a task starts waiting: settle()
         # sleeps on it instead of polling.
         self.activity = asyncio.Event()
+        self.loop = asyncio.get_event_loop()
+
+    def poke(self) -> None:
+        """Something moved (from the loop or from a worker's thread): settle() looks."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self.activity.set()
+        else:
+            self.loop.call_soon_threadsafe(self.activity.set)
 
     # -- workers ------------------------------------------------------------------------
 
@@ -311,7 +352,13 @@ class RoundTripScheduler:
         quiet = 0
         while True:
             await _REAL_SLEEP(0)
-            moving = [f for s in self.slots.values() for f in s.in_flight if not f.blocked]
+            moving = [
+                f
+                for s in self.slots.values()
+                if not s.crashed
+                for f in s.in_flight
+                if not f.blocked
+            ]
             if moving:
                 quiet = 0
                 self.activity.clear()
