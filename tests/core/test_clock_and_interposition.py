@@ -13,8 +13,9 @@ from typing import Any, ClassVar
 
 import asyncpg
 import httpx
+import pytest
 
-from pipeline_models.core import Adapter, Spec, States, machine_for
+from pipeline_models.core import Adapter, QueueViolation, Spec, States, machine_for
 from pipeline_models.core.interpose import CheckedTransport, in_a_thread
 from pipeline_models.core.machines import QueueMachine
 from pipeline_models.core.observe import Observer
@@ -265,5 +266,26 @@ def test_a_sync_worker_in_a_thread_is_checked_like_any_other() -> None:
         machine._step("w1")  # inserted, before COMMIT
         machine.crash_worker(worker="w1")
         assert len(seen(machine)) == 1
+    finally:
+        machine.teardown()
+
+
+class ExactlyOnceCallingProbe(CallingProbe):
+    spec = Spec(
+        "probe.jobs", States(claimable=["queued"], in_progress=["running"]), effects="exactly_once"
+    )
+
+
+def test_a_call_made_by_a_worker_that_holds_no_job_is_an_effects_finding() -> None:
+    machine = machine_for(ExactlyOnceCallingProbe, drain=False)()
+    try:
+        machine.step_worker(worker="w1")  # before its insert
+        machine.step_worker(worker="w1")  # inserted, before its call
+        with pytest.raises(QueueViolation) as raised:
+            machine.step_worker(worker="w1")  # the call is answered: no job held
+        [finding] = raised.value.findings
+        assert finding.invariant == "effects"
+        assert finding.observed is not None
+        assert finding.observed.startswith("POST /charge by w1")
     finally:
         machine.teardown()

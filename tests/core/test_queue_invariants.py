@@ -323,3 +323,36 @@ def test_every_finding_is_reported_in_causal_order_as_the_first_ones_class() -> 
     assert type(raised.value) is violation_class("mutual_exclusion")
     assert str(raised.value).splitlines()[0] == "[mutual_exclusion] double claim"
     assert len(raised.value.findings) == 3
+
+
+def test_effects_fire_when_a_job_s_effect_happens_twice_under_exactly_once() -> None:
+    spec = Spec("jobs", STATES, holder=HEARTBEAT.holder, effects="exactly_once")
+    trail = Trail(spec)
+    trail.enqueue()
+    trail.claim("w1")
+    assert trail.judge.effects("w1", "POST /charge", trail.now, ["1"]) == []
+    trail.tick(31)
+    trail.claim("w2")  # a take-over of a stalled job: fine, but its charge is not
+    [twice] = trail.judge.effects("w2", "POST /charge", trail.now, ["1"])
+    assert (twice.invariant, twice.job_id) == ("effects", "1")
+    assert twice.observed == "POST /charge by w1 at 00:00:00, then w2 at 00:00:31"
+    [zombie] = trail.judge.effects("w1", "POST /charge", trail.now, [])
+    assert "held no job" in zombie.message
+
+
+def test_at_least_once_lets_a_recovered_job_repeat_its_effect_but_not_skip_it() -> None:
+    spec = Spec("jobs", STATES, holder=HEARTBEAT.holder, effects="at_least_once")
+    trail = Trail(spec)
+    trail.enqueue("1")
+    trail.enqueue("2")
+    trail.claim("w1", "1")
+    assert trail.judge.effects("w1", "POST /charge", trail.now, ["1"]) == []
+    assert trail.judge.effects("w2", "POST /charge", trail.now, ["1"]) == []
+    trail.write("w1", "1", state="done")
+    trail.claim("w1", "2")
+    trail.write("w1", "2", state="done")  # without its call
+    [skipped] = trail.judge.liveness(trail.rows)
+    assert (skipped.job_id, skipped.message) == (
+        "2",
+        "a job succeeded without its handler's effect",
+    )

@@ -67,6 +67,9 @@ class Actor(Protocol):
     def thread_starts(self) -> None:
         """A thread of this worker starts: in flight until its first round trip."""
 
+    def effect(self, label: str) -> None:
+        """A call of this worker's was answered: its effect is out in the world."""
+
 
 ACTOR: ContextVar[Actor | None] = ContextVar("pipeline_models_actor", default=None)
 
@@ -365,6 +368,7 @@ class CheckedTransport(httpx.AsyncBaseTransport):
             response = await self.inner.handle_async_request(request)
         finally:
             actor.landed(token)
+        actor.effect(label)
         await actor.round_trip("after_call", label)
         return response
 

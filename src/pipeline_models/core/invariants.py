@@ -31,6 +31,7 @@ ORDER = (
     "attempts",
     "redelivery",
     "no_loss",
+    "effects",
     "liveness",
 )
 """Every queue invariant, the likely cause first: a double claim makes the zombie write
@@ -104,7 +105,7 @@ def select(names: Iterable[str] | None = None, *, without: Iterable[str] = ()) -
     """The invariants to check: ``names`` (all by default) minus ``without``.
 
     >>> select(without=["liveness", "redelivery"])
-    ('mutual_exclusion', 'fencing', 'transitions', 'attempts', 'no_loss')
+    ('mutual_exclusion', 'fencing', 'transitions', 'attempts', 'no_loss', 'effects')
     """
     chosen = list(ORDER if names is None else names)
     for name in [*chosen, *without]:
@@ -147,6 +148,7 @@ class QueueJudge:
     finished: set[str] = field(default_factory=set)  # deleted once finished
     deleted: set[str] = field(default_factory=set)  # every deletion the trail shows
     _redelivered: set[str] = field(default_factory=set)
+    effects_of: dict[str, list[str]] = field(default_factory=dict)  # job: who, when
 
     def judge(self, events: Sequence[Event]) -> list[Finding]:
         found: list[Finding] = []
@@ -173,8 +175,43 @@ class QueueJudge:
             if job not in rows and job not in self.deleted
         ]
 
+    def effects(self, worker: str, label: str, at: datetime, held: Sequence[str]) -> list[Finding]:
+        """A call ``worker`` made at ``at`` while it held ``held`` (the effect of those
+        jobs' handler): under exactly-once, no job's effect twice, and none made by a
+        worker that held no job (a zombie's)."""
+        if self.spec.effects is None or "effects" not in self.invariants:
+            return []
+        for job in held:
+            self.effects_of.setdefault(job, []).append(f"{worker} at {_time(at)}")
+        if self.spec.effects != "exactly_once":
+            return []
+        found = []
+        if not held:
+            found.append(
+                Finding(
+                    "effects",
+                    f"{worker} made its job's call while it held no job",
+                    None,
+                    "a handler's effect made only by the job's holder",
+                    f"{label} by {worker} at {_time(at)}",
+                )
+            )
+        for job in held:
+            if len(self.effects_of[job]) > 1:
+                found.append(
+                    Finding(
+                        "effects",
+                        "a job's effect happened twice, where the spec says exactly once",
+                        job,
+                        "one",
+                        f"{label} by {', then '.join(self.effects_of[job])}",
+                    )
+                )
+        return found
+
     def liveness(self, rows: Mapping[str, Any]) -> list[Finding]:
-        """At the drain: every enqueued job finished."""
+        """At the drain: every enqueued job finished (and, where effects are declared,
+        every job that succeeded had its effect)."""
         found = []
         for job in self.enqueued:
             if job in self.finished:
@@ -190,6 +227,20 @@ class QueueJudge:
                         job,
                         "succeeded or failed",
                         state,
+                    )
+                )
+            elif (
+                meaning is Meaning.SUCCEEDED
+                and self.spec.effects is not None
+                and not self.effects_of.get(job)
+            ):
+                found.append(
+                    Finding(
+                        "liveness",
+                        "a job succeeded without its handler's effect",
+                        job,
+                        "at least one call made while holding it",
+                        "none",
                     )
                 )
         return found

@@ -335,6 +335,13 @@ class QueueMachine(RuleBasedStateMachine):
         new = self.trail.changes[len(self.holders.events) :]
         events = [self.holders.apply(change) for change in new]
         findings = [*self.judge.judge(events), *self.judge.check_rows(self.trail.rows), *extra]
+        # A call's effect belongs to the jobs its worker held when it was answered: a
+        # worker stops right after each answer, so this check sees that moment.
+        for slot in self.scheduler.slots.values():
+            for label, at in slot.effects:
+                held = [job for job, hold in self.holders.holds.items() if hold.worker == slot.name]
+                findings += self.judge.effects(slot.name, label, at, held)
+            slot.effects.clear()
         for slot in self.scheduler.slots.values():
             for warning in slot.warnings:
                 if warning not in STATISTICS.warnings:
@@ -383,6 +390,8 @@ class QueueMachine(RuleBasedStateMachine):
                     self._run(self.scheduler.step(name))
                     STATISTICS.drain_steps += 1
                     moved = True
+                    if self.scheduler.slots[name].effects:
+                        self._check()  # a call's effect is judged at its moment
                 self._check()
             if moved:
                 continue

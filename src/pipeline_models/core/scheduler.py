@@ -117,6 +117,7 @@ class WorkerSlot:
     pids: set[int] = field(default_factory=set)
     connections: list[Any] = field(default_factory=list)
     thread_running: object | None = None  # a worker thread between two round trips
+    effects: list[tuple[str, datetime]] = field(default_factory=list)  # calls answered
     crashed: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -158,6 +159,9 @@ class WorkerSlot:
         if token in self.in_flight:
             self.in_flight.remove(token)
         self.scheduler.poke()
+
+    def effect(self, label: str) -> None:
+        self.effects.append((label, self.scheduler.clock.now()))
 
     def thread_starts(self) -> None:
         self.thread_running = self.flying(None, "running in its thread")

@@ -202,6 +202,10 @@ class Spec:
     # A job claimed more than this many times is a poison job nobody stops (used when
     # no attempts column is declared).
     max_deliveries: int = 10
+    # What a job's handler does to the world (the HTTP calls its worker makes while it
+    # holds the job): "at_least_once" (every succeeded job did it) or "exactly_once"
+    # (and never twice); None: not checked.
+    effects: str | None = None
     _meaning_of: dict[str, Meaning] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -248,6 +252,11 @@ class Spec:
                             f"{', '.join(self.stages)}"
                         )
         object.__setattr__(self, "stage_moves", moves)
+        if self.effects not in (None, "at_least_once", "exactly_once"):
+            raise SpecError(
+                f"effects {self.effects!r} is not one of at_least_once, exactly_once "
+                "(or leave it out)"
+            )
         if self.max_deliveries < 1:
             raise SpecError(f"max_deliveries must be at least 1, got {self.max_deliveries}")
 
