@@ -200,6 +200,14 @@ class Step:
         mid-call settles nothing: the claim that takes the job over settles it.
         ``after_call`` is awaited whether the call succeeded or failed (a failed call may
         still have had its effect), but not when the step itself is being cancelled.
+
+        What no worker can promise: a pause between the lease check here and the request
+        (a GC pause, a stopped process) may outlast the lease, and the request then goes
+        out after another worker took the job over and perhaps made the same call. What
+        this worker does promise instead, and the checker holds it to (``cost``,
+        ``fencing``, ``billing``): such a zombie sends that one request and commits
+        nothing of it; the take-over settles its call at the estimate (its late answer
+        corrects it); the waste is one call per lost lease.
         """
         if self.config.renew_leases:
             await self.renew_lease()
