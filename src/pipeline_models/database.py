@@ -164,6 +164,21 @@ class Database:
         finally:
             await connection.close()
 
+    async def drop_schema(self) -> None:
+        """Drop the schema if pipeline-models created it (a throwaway run's cleanup);
+        a schema of the same name that it did not create is left alone."""
+        connection = await self.connect(application_name="pipeline-models schema")
+        try:
+            found = await connection.fetchval(
+                "SELECT coalesce(obj_description(oid, 'pg_namespace'), '') "
+                "FROM pg_namespace WHERE nspname = $1",
+                self.schema,
+            )
+            if found is not None and found.startswith(_FINGERPRINT_PREFIX):
+                await connection.execute(f"DROP SCHEMA {_quote_identifier(self.schema)} CASCADE")
+        finally:
+            await connection.close()
+
     @property
     def tables(self) -> tuple[str, ...]:
         """Every table a reset empties: the pipeline's children first, then the extra

@@ -6,12 +6,16 @@ enough to take seconds: two rounds of a few examples on the queue layer.
 
 from __future__ import annotations
 
+import asyncio
+import os
+
 import pytest
 
 from pipeline_models.database import Database
 from pipeline_models.mutants import Edit, Mutant
 from pipeline_models.mutants.runner import (
     RunOptions,
+    _schema_slots,
     control_failures,
     format_report,
     run_campaign,
@@ -79,3 +83,28 @@ def test_the_same_bug_counts_as_a_kill_beside_a_control_that_passed(options: Run
     assert checker.killed
     assert checker.killed_in_round == 1
     assert "liveness" in checker.fired
+
+
+def test_two_runs_on_one_server_never_share_a_schema_and_leave_none_behind(
+    options: RunOptions, pipeline_database: Database
+) -> None:
+    """Two campaigns on one DATABASE_URL (two CI jobs, a developer beside CI) once used
+    the same schema names, so one's resets emptied the other's tables mid-example."""
+    slots = _schema_slots(2)
+    names = [slots.get(), slots.get()]
+    assert len(set(names)) == 2
+    assert all(str(os.getpid()) in name for name in names)
+
+    async def schemas() -> set[str]:
+        connection = await pipeline_database.connect()
+        try:
+            rows = await connection.fetch(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'pm_mutants_%'"
+            )
+            return {row["nspname"] for row in rows}
+        finally:
+            await connection.close()
+
+    before = asyncio.run(schemas())
+    run_mutants([NO_EDITS], options, jobs=1)
+    assert asyncio.run(schemas()) == before

@@ -331,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                     every_round=arguments.every_round,
                 )
             )
+    # The schema is this process's alone (named by the runner's pid): leave nothing behind.
+    asyncio.run(database.drop_schema())
     print(json.dumps([asdict(result) for result in results]))
     return 0
 

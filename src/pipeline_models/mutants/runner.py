@@ -124,10 +124,11 @@ def _child(
 
 
 def _schema_slots(jobs: int) -> queue.Queue[str]:
-    """One schema per parallel process: processes never share rows."""
+    """One schema per parallel process: processes never share rows, nor do two runs on
+    one server (a second run's control must not reset the first one's tables)."""
     schemas: queue.Queue[str] = queue.Queue()
     for slot in range(jobs):
-        schemas.put(f"pm_mutants_{slot}")
+        schemas.put(f"pm_mutants_{os.getpid()}_{slot}")
     return schemas
 
 
