@@ -552,22 +552,32 @@ class ReferenceDriver:
             for delivery in list(parser.outbox):
                 statuses.append(await self._send(send(delivery)))
             return statuses
-        if not parser.delivered:
-            return statuses
-        original = parser.delivered[-1]
         if kind is WebhookKind.DUPLICATE:
-            statuses.append(await self._send(send(original)))
-        elif kind is WebhookKind.TAMPERED:
+            if parser.delivered:
+                statuses.append(await self._send(send(parser.delivered[-1])))
+            return statuses
+        # A forgery copies a genuine webhook, delivered or still queued: the attacker
+        # needs no delivery to have succeeded first, so neither does the search.
+        genuine = [*parser.delivered, *parser.outbox]
+        if not genuine:
+            return statuses
+        original = genuine[-1]
+        if kind is WebhookKind.TAMPERED:
             # Any change after signing must be refused, whatever the notice said.
-            forged = replace(original, body=original.body + b" ")
-            statuses.append(await self._send(send(forged)))
+            forgery = replace(original, body=original.body + b" ", attempts=0)
         else:
             stale_at = int(self.clock.now().timestamp()) - 301
             headers = {
                 **original.headers,
                 **sign(original.body, secrets=(_WEBHOOK_SECRET,), timestamp=stale_at),
             }
-            statuses.append(await self._send(send(replace(original, headers=headers))))
+            forgery = replace(original, headers=headers, attempts=0)
+
+        async def forge() -> int:
+            result = await parser.send_forgery(forgery)
+            return int(result.status_code or 0)
+
+        statuses.append(await self._send(forge))
         return statuses
 
     async def _send(self, operation: Callable[[], Awaitable[int]]) -> int:

@@ -366,6 +366,19 @@ class ParserFake(FakeService):
         async with self._client() as client:
             return await self._attempt(delivery, client)
 
+    async def send_forgery(self, forgery: WebhookDelivery) -> DeliveryResult:
+        """POST a delivery the test built (a tampered body, a stale timestamp) once, as
+        an attacker would: it is not a delivery of ours, so it joins neither the outbox
+        nor ``delivered`` (a later duplicate must resend the genuine webhook)."""
+        async with self._client() as client:
+            try:
+                response = await client.post(
+                    forgery.url, content=forgery.body, headers=forgery.headers
+                )
+            except httpx.TransportError as error:
+                return DeliveryResult(forgery, 1, error=f"{type(error).__name__}: {error}")
+        return DeliveryResult(forgery, 1, status_code=response.status_code)
+
     async def _deliver_in_background(self, delivery: WebhookDelivery) -> None:
         queued = any(item is delivery for item in self.outbox)
         if queued and id(delivery) not in self._in_flight:
