@@ -16,7 +16,9 @@ from pipeline_models.core.report import run
 from pipeline_models.examples.heartbeat.adapter import HeartbeatAdapter, UnfencedCompletionAdapter
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize(
+    "seed", [1, *(pytest.param(seed, marks=pytest.mark.seeded) for seed in (2, 3, 4, 5))]
+)
 def test_the_heartbeat_worker_passes_a_seeded_run(seed: int) -> None:
     report = run(machine_for(HeartbeatAdapter), profile="dev", seed=seed, max_examples=40)
     assert report.ok, report.render()
