@@ -45,6 +45,7 @@ def test_the_guides_spec_and_adapter_take_under_60_lines() -> None:
     assert lines < 60
 
 
+@pytest.mark.slow  # about 150 s: most of it shrinking three findings
 def test_the_checker_reports_the_guide_workers_three_bugs_as_three_findings() -> None:
     report = run(machine_for(GuideAdapter), profile="dev", seed=1, shrink_seconds=120)
     print(report.render())
@@ -61,7 +62,7 @@ def test_the_checker_reports_the_guide_workers_three_bugs_as_three_findings() ->
 
 
 @pytest.mark.parametrize(
-    "seed", [1, *(pytest.param(seed, marks=pytest.mark.seeded) for seed in (2, 3, 4, 5))]
+    "seed", [1, *(pytest.param(seed, marks=pytest.mark.slow) for seed in (2, 3, 4, 5))]
 )
 def test_the_fixed_guide_worker_passes_a_seeded_dev_run(seed: int) -> None:
     report = run(machine_for(FixedGuideAdapter), profile="dev", seed=seed)

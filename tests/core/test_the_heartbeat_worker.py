@@ -17,7 +17,7 @@ from pipeline_models.examples.heartbeat.adapter import HeartbeatAdapter, Unfence
 
 
 @pytest.mark.parametrize(
-    "seed", [1, *(pytest.param(seed, marks=pytest.mark.seeded) for seed in (2, 3, 4, 5))]
+    "seed", [1, *(pytest.param(seed, marks=pytest.mark.slow) for seed in (2, 3, 4, 5))]
 )
 def test_the_heartbeat_worker_passes_a_seeded_run(seed: int) -> None:
     report = run(machine_for(HeartbeatAdapter), profile="dev", seed=seed, max_examples=40)
