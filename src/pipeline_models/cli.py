@@ -25,6 +25,17 @@ _DATABASE_URL = click.option(
     help="Postgres to use; without it an embedded throwaway server is started and stopped.",
 )
 
+# The workers and the budget command meet the API in its database: an embedded server
+# would be private to one process, so they refuse to start without a URL.
+_SHARED_DATABASE_URL = click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    default=None,
+    show_envvar=True,
+    help="The Postgres the API and the workers share (required: an embedded server would "
+    "be private to this process).",
+)
+
 
 _CONFIG = click.option(
     "--config",
@@ -52,6 +63,42 @@ class _Money(click.ParamType):  # type: ignore[type-arg]  # generic only in clic
         return amount
 
 
+class _CommaSeparatedChoice(click.ParamType):  # type: ignore[type-arg]  # as _Money
+    """Some of ``choices``, written comma-separated ("checker,examples"); in the order
+    given, each once."""
+
+    name = "list"
+
+    def __init__(self, choices: tuple[str, ...]) -> None:
+        self.choices = choices
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "[" + "|".join(self.choices) + "],..."
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
+        if isinstance(value, tuple):  # already converted (a default given as a tuple)
+            return value
+        chosen = tuple(dict.fromkeys(part.strip() for part in str(value).split(",")))
+        chosen = tuple(name for name in chosen if name)
+        unknown = [name for name in chosen if name not in self.choices]
+        if unknown or not chosen:
+            what = f"no {', '.join(map(repr, unknown))}" if unknown else "none given"
+            self.fail(
+                f"{what}: choose from {', '.join(self.choices)} (comma-separated)", param, ctx
+            )
+        return chosen
+
+
+# The sides of pipeline_models.mutants.child.SIDES, spelled out: importing the child
+# imports the machines, and the CLI stays cheap to import.
+_MUTANT_SIDES = ("checker", "coarse", "examples")
+
+# Seconds as a float everywhere: a time limit need not be whole.
+_SECONDS = click.FloatRange(min=0, min_open=True)
+
+
 _MAX_COST = click.option(
     "--max-cost",
     "max_cost",
@@ -68,6 +115,7 @@ _MAX_COST = click.option(
     default="warning",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Log records at this level and above, on stderr.",
 )
 @click.option("--log-json", is_flag=True, help="Logs as JSON lines on stderr.")
 def main(log_level: str, log_json: bool) -> None:
@@ -177,11 +225,19 @@ def _check_own_worker(
 )
 @click.option(
     "--sides",
-    default="checker,coarse,examples",
+    default=",".join(_MUTANT_SIDES),
     show_default=True,
-    help="What runs against each mutant: checker, coarse (whole steps), examples.",
+    type=_CommaSeparatedChoice(_MUTANT_SIDES),
+    help="What runs against each mutant, comma-separated: checker, coarse (whole steps), examples.",
 )
-@click.option("-j", "--jobs", default=2, show_default=True, type=click.IntRange(1))
+@click.option(
+    "-j",
+    "--jobs",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Child processes at once (each checks one mutant, or one part of the control).",
+)
 @click.option(
     "--max-examples",
     default=300,
@@ -198,7 +254,11 @@ def _check_own_worker(
     "one more seed each.",
 )
 @click.option(
-    "--shrink-seconds", default=30.0, show_default=True, help="Time allowed to shrink a kill."
+    "--shrink-seconds",
+    default=30.0,
+    show_default=True,
+    type=_SECONDS,
+    help="Time allowed to shrink a kill.",
 )
 @click.option(
     "--catalog/--no-catalog",
@@ -210,7 +270,7 @@ def _check_own_worker(
 def mutants(
     database_url: str | None,
     only: tuple[str, ...],
-    sides: str,
+    sides: tuple[str, ...],
     jobs: int,
     max_examples: int,
     rounds: int,
@@ -237,10 +297,7 @@ def mutants(
         to_json,
     )
 
-    chosen_sides = [side.strip() for side in sides.split(",") if side.strip()]
-    unknown_sides = set(chosen_sides) - {"checker", "coarse", "examples"}
-    if unknown_sides:
-        raise click.BadParameter(f"unknown side(s): {', '.join(sorted(unknown_sides))}")
+    chosen_sides = list(sides)
     unknown = [name for name in only if name not in BY_NAME]
     if unknown:
         raise click.BadParameter(
@@ -311,8 +368,21 @@ _EXAMPLE_DATABASE = click.option(
 @main.command()
 @_DATABASE_URL
 @_EXAMPLE_DATABASE
-@click.option("--minutes", default=5.0, show_default=True, type=click.FloatRange(min=0.05))
-@click.option("-n", "--processes", default=2, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--minutes",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.05),
+    help="The session's time budget; it ends sooner at the first failure (see --keep-going).",
+)
+@click.option(
+    "-n",
+    "--processes",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="HypoFuzz worker processes, each with its own Postgres (or schema).",
+)
 @click.option(
     "--machine",
     "machine_names",
@@ -383,6 +453,7 @@ def fuzz(
     default="tests/regressions",
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
+    help="Where the test files go.",
 )
 @click.option(
     "--machine",
@@ -394,9 +465,9 @@ def fuzz(
 @click.option("--label", default="fuzz", show_default=True, help="A word for the file names.")
 @click.option(
     "--shrink-seconds",
-    default=60,
+    default=60.0,
     show_default=True,
-    type=click.IntRange(1),
+    type=_SECONDS,
     help="Time allowed to shrink each failure.",
 )
 @click.option(
@@ -412,7 +483,7 @@ def repro(
     out: Path,
     machine_names: tuple[str, ...],
     label: str,
-    shrink_seconds: int,
+    shrink_seconds: float,
     run_file: Path | None,
     database_url: str | None,
 ) -> None:
@@ -476,8 +547,22 @@ def report(runs: tuple[Path, ...], out: Path) -> None:
 
 @main.command()
 @_DATABASE_URL
-@click.option("-n", "--documents", default=20, show_default=True, type=click.IntRange(1))
-@click.option("-w", "--workers", default=4, show_default=True, type=click.IntRange(1))
+@click.option(
+    "-n",
+    "--documents",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Sample documents to upload (one of them large, a few unusable on purpose).",
+)
+@click.option(
+    "-w",
+    "--workers",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Workers taking jobs at once (with --processes: as slots of two worker processes).",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the sample corpus.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds before giving up.")
 @click.option(
@@ -529,10 +614,28 @@ def demo(
 
 
 @main.command("serve-fakes")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--parser-port", default=8001, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--embeddings-port", default=8002, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--pending-polls", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option(
+    "--parser-port",
+    default=8001,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="The fake parser's port (0: any free port, announced on stdout).",
+)
+@click.option(
+    "--embeddings-port",
+    default=8002,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="The fake embeddings API's port (0: any free port, announced on stdout).",
+)
+@click.option(
+    "--pending-polls",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Polls of a parse job that answer 'pending' before its result is ready.",
+)
 @click.option("--api-key", default=None, help="Require this bearer token on both fakes.")
 @click.option(
     "--webhook-secret",
@@ -569,8 +672,14 @@ def serve_fakes(
 @main.command()
 @_DATABASE_URL
 @_CONFIG
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="The port to listen on (0: any free port, announced on stdout).",
+)
 def serve(database_url: str | None, config_file: str | None, host: str, port: int) -> None:
     """Serve the upload API (settings from PIPELINE_* variables; see the README)."""
     from pipeline_models.pipeline.processes import run_api
@@ -584,7 +693,7 @@ def serve(database_url: str | None, config_file: str | None, host: str, port: in
 
 
 @main.command()
-@_DATABASE_URL
+@_SHARED_DATABASE_URL
 @_CONFIG
 @_MAX_COST
 @click.option(
@@ -633,7 +742,7 @@ def worker(
 
 
 @main.command()
-@_DATABASE_URL
+@_SHARED_DATABASE_URL
 @_CONFIG
 @_MAX_COST
 def budget(database_url: str | None, config_file: str | None, max_cost: Decimal | None) -> None:

@@ -78,7 +78,7 @@ class FuzzOptions:
     directory: Path = Path(".pipeline-models")
     repro_directory: Path | None = Path("tests/regressions")
     stop_at_first_failure: bool = True
-    shrink_seconds: int = 60  # for each failure, before its repro file is written
+    shrink_seconds: float = 60  # for each failure, before its repro file is written
 
 
 @dataclass

@@ -64,7 +64,7 @@ class ReplayFailed(Exception):
 
 
 def replay_program(
-    machine: type[machines.QueueMachine], choices: bytes, *, shrink_seconds: int = 60
+    machine: type[machines.QueueMachine], choices: bytes, *, shrink_seconds: float = 60
 ) -> tuple[list[str], BaseException, bytes]:
     """Replay one saved failure of ``machine`` and shrink it with Hypothesis's shrinker
     (a no-op for an already shrunk one); the program Hypothesis printed, the error, and
@@ -91,7 +91,8 @@ def replay_program(
     # abbreviates long ones to keep reports short).
     limit, shrinking = documents._REPR_DATA_LIMIT, engine.MAX_SHRINKING_SECONDS
     documents._REPR_DATA_LIMIT = 1 << 30
-    engine.MAX_SHRINKING_SECONDS = shrink_seconds  # an engine constant, not a setting
+    # An engine constant, not a setting; typed int, but only ever added to a clock.
+    engine.MAX_SHRINKING_SECONDS = shrink_seconds  # type: ignore[assignment]
     try:
         run_state_machine_as_test(machine, settings=settings)
     except Exception as error:
@@ -195,7 +196,7 @@ def write_repro_files(
     *,
     machine_names: tuple[str, ...] = tuple(MACHINES),
     label: str = "fuzz",
-    shrink_seconds: int = 60,
+    shrink_seconds: float = 60,
 ) -> list[Path]:
     """One test file in ``directory`` per distinct failure saved for each machine (shrunk
     first, and saved back shrunk, so that a replaying run gets the short one); their paths.
