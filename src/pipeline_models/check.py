@@ -11,7 +11,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+from hypothesis import seed as hypothesis_seed
 from hypothesis.stateful import run_state_machine_as_test
 
 from pipeline_models import machines
@@ -32,6 +34,7 @@ class CheckReport:
     machine: str
     profile: str
     database: str
+    seed: int | None = None
     seconds: float = 0.0
     statistics: machines.RunStatistics = field(default_factory=machines.RunStatistics)
     failure: str | None = None
@@ -46,8 +49,9 @@ class CheckReport:
         steps = stats.steps + stats.drain_steps
         rate = steps / self.seconds if self.seconds else 0.0
         covered = [kind for kind in TransitionKind if stats.transitions[kind]]
+        seeded = "" if self.seed is None else f", seed {self.seed}"
         lines = [
-            f"pipeline-models check: {self.machine} machine, profile {self.profile}, "
+            f"pipeline-models check: {self.machine} machine, profile {self.profile}{seeded}, "
             f"{self.database}",
             f"{stats.examples} examples, {stats.rules} rules, {steps} worker steps "
             f"({stats.steps} in rules, {stats.drain_steps} in drains) in {self.seconds:.1f} s:"
@@ -82,21 +86,37 @@ def _program(error: BaseException) -> list[str]:
     ]
 
 
+def _seeded(machine: type[machines.QueueMachine], seed: int) -> type[machines.QueueMachine]:
+    """``machine`` searching from ``seed``: a subclass of the same name and module, so
+    that Hypothesis files its examples under the machine's own key."""
+    subclass = type(machine.__name__, (machine,), {"__module__": machine.__module__})
+    return hypothesis_seed(seed)(subclass)
+
+
 def run_check(
     database: Database,
     *,
     machine: str = "pipeline",
     profile: str = "dev",
     max_examples: int | None = None,
+    seed: int | None = None,
 ) -> CheckReport:
-    """Run ``machine`` with ``profile`` against ``database``; the report."""
+    """Run ``machine`` with ``profile`` against ``database``; the report.
+
+    With ``seed`` the search starts from it, and without the example database: the same
+    seed runs the same examples again (examples saved by other runs would come first).
+    """
     register_profiles()
     asyncio.run(database.ensure_schema())
     machines.use_database(database)
     machines.STATISTICS.__init__()  # type: ignore[misc]
-    overrides = {} if max_examples is None else {"max_examples": max_examples}
+    overrides: dict[str, Any] = {} if max_examples is None else {"max_examples": max_examples}
+    searched = MACHINES[machine]
+    if seed is not None:
+        overrides.update(derandomize=False, database=None)
+        searched = _seeded(searched, seed)
     settings = machine_settings(profile, report_multiple_bugs=False, **overrides)
-    report = CheckReport(machine, profile, database.display_url)
+    report = CheckReport(machine, profile, database.display_url, seed=seed)
     # The machines crash workers and cut their connections on purpose; the workers'
     # warnings about it are the plan, not news.
     worker_log = logging.getLogger("pipeline_models.worker")
@@ -104,7 +124,7 @@ def run_check(
     worker_log.setLevel(logging.ERROR)
     started = time.perf_counter()
     try:
-        run_state_machine_as_test(MACHINES[machine], settings=settings)
+        run_state_machine_as_test(searched, settings=settings)
     except Exception as error:
         report.failure = f"{type(error).__name__}: {error}"
         report.program = _program(error)

@@ -153,7 +153,19 @@ def main(log_level: str, log_json: bool) -> None:
     default=None,
     help="With --adapter: the spec as TOML (a file, or a pyproject with [tool.pipeline-models]).",
 )
-@click.option("--seed", type=int, default=None, help="With --adapter: random search from a seed.")
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Search from this seed (an integer): the same seed and options run the same "
+    "examples again. Default: the profile's (ci: derandomized; others: random).",
+)
+@click.option(
+    "--schema",
+    default=None,
+    help="The Postgres schema of the reference pipeline's tables, emptied before every "
+    "example (default: upload_pipeline). Give each run on one server its own.",
+)
 @click.option(
     "--without",
     multiple=True,
@@ -168,6 +180,7 @@ def check(
     adapter: str | None,
     spec_file: str | None,
     seed: int | None,
+    schema: str | None,
     without: tuple[str, ...],
 ) -> None:
     """Model-check the reference pipeline, or (--adapter) your own worker.
@@ -176,15 +189,20 @@ def check(
     shrunk program and exits 1.
     """
     if adapter is not None:
+        if schema is not None:
+            raise click.UsageError(
+                "--schema is the reference pipeline's; your adapter's setup makes its own tables"
+            )
         _check_own_worker(database_url, adapter, spec_file, profile, seed, max_examples, without)
         return
     from pipeline_models.check import run_check
     from pipeline_models.database import Database
+    from pipeline_models.schema import DEFAULT_SCHEMA
 
     try:
-        with Database.from_environment(database_url) as database:
+        with Database.from_environment(database_url, schema=schema or DEFAULT_SCHEMA) as database:
             report = run_check(
-                database, machine=machine, profile=profile, max_examples=max_examples
+                database, machine=machine, profile=profile, max_examples=max_examples, seed=seed
             )
     except PipelineModelsError as error:
         raise click.ClickException(str(error)) from None

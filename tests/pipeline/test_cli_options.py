@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import click
@@ -9,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline_models.cli import _MUTANT_SIDES, main
+from pipeline_models.database import Database
 from pipeline_models.mutants.child import SIDES
 
 
@@ -99,3 +104,62 @@ def test_shrink_seconds_is_a_float_in_every_command(path: str) -> None:
     assert context.params["shrink_seconds"] == 2.5
     with pytest.raises(click.BadParameter):
         command.make_context(path, ["--shrink-seconds", "0"])
+
+
+def test_check_refuses_a_schema_for_your_own_worker() -> None:
+    result = CliRunner().invoke(
+        main, ["check", "--adapter", "some.module:Adapter", "--schema", "mine"]
+    )
+    assert result.exit_code == 2
+    assert "--schema is the reference pipeline's" in result.output
+
+
+def _without_timings(output: str) -> list[str]:
+    # The second line says how long it took: the only thing a seed does not fix.
+    lines = output.splitlines()
+    return [line for index, line in enumerate(lines) if index != 1]
+
+
+def _schema_exists(database: Database, schema: str) -> bool:
+    async def look() -> bool:
+        connection = await database.connect()
+        try:
+            found = await connection.fetchval(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema
+            )
+            return bool(found)
+        finally:
+            await connection.close()
+
+    return asyncio.run(look())
+
+
+def _check(*arguments: str) -> subprocess.CompletedProcess[str]:
+    # A process per run, as a user runs it: the machines keep their event loop and
+    # connections for the life of a process.
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline_models.cli", "check", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_check_with_a_seed_runs_the_same_examples_again_in_its_own_schema(
+    pipeline_database: Database,
+) -> None:
+    schema = f"pm_check_seed_{os.getpid()}"
+    arguments = ["--seed", "7", "--max-examples", "3", "--schema", schema]
+    arguments += ["--database-url", pipeline_database.url]
+    try:
+        first = _check(*arguments)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert _schema_exists(pipeline_database, schema)
+        second = _check(*arguments)
+        assert second.returncode == 0, second.stdout + second.stderr
+    finally:
+        asyncio.run(Database(pipeline_database.url, schema=schema).drop_schema())
+    assert "profile dev, seed 7," in first.stdout
+    assert "3 examples" in first.stdout
+    assert _without_timings(first.stdout) == _without_timings(second.stdout)
