@@ -3,7 +3,9 @@
 Used by ``pipeline-models demo --processes``, the end-to-end test that SIGKILLs a worker
 mid-run, and the upload benchmark. Every process is a ``pipeline-models`` command; the
 cluster reads each one's ready line to learn its address, and stops them all (SIGTERM,
-then SIGKILL) however the block is left.
+then SIGKILL) however the block is left. Their logs go to a temporary directory that
+goes with them (a failure to start carries the log's tail), unless ``logs`` names a
+directory to keep them in.
 
 Example::
 
@@ -79,6 +81,7 @@ class LocalCluster:
         python: str = sys.executable,
         log_level: str | None = None,
         worker_metrics: bool = False,
+        logs: Path | None = None,
     ) -> None:
         if not settings.database_url:
             raise ClusterError("a cluster needs a shared database: set settings.database_url")
@@ -86,7 +89,14 @@ class LocalCluster:
         self.worker_count = workers
         self.slots = slots
         self.python = python
-        self.logs = Path(tempfile.mkdtemp(prefix="pipeline-models-cluster-"))
+        self._temporary_logs: tempfile.TemporaryDirectory[str] | None = None
+        if logs is None:
+            self._temporary_logs = tempfile.TemporaryDirectory(
+                prefix="pipeline-models-cluster-", ignore_cleanup_errors=True
+            )
+            logs = Path(self._temporary_logs.name)
+        logs.mkdir(parents=True, exist_ok=True)
+        self.logs = logs
         self.fakes: ClusterProcess | None = None
         self.api: ClusterProcess | None = None
         self.workers: list[ClusterProcess] = []
@@ -181,7 +191,8 @@ class LocalCluster:
         self.workers[index].process.send_signal(sig)
 
     def stop(self, *, seconds: float = 30.0) -> dict[str, int | None]:
-        """SIGTERM every process (workers first), SIGKILL what outlives ``seconds``."""
+        """SIGTERM every process (workers first), SIGKILL what outlives ``seconds``; then
+        remove the temporary log directory. Safe to call twice."""
         members = [*self.workers, *(m for m in (self.api, self.fakes) if m is not None)]
         for member in members:
             if member.alive:
@@ -194,6 +205,8 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 member.process.kill()
                 codes[member.name] = member.process.wait()
+        if self._temporary_logs is not None:
+            self._temporary_logs.cleanup()
         return codes
 
     def __enter__(self) -> LocalCluster:

@@ -62,7 +62,7 @@ def test_no_api_key_appears_in_any_output_of_a_cluster_run(
     tokens = TokenIssuer(settings.token_secret)
     documents = [markdown_document("# Secret\n\nNothing secret here.\n"), pdf_document(["one"])]
     with LocalCluster(
-        settings, workers=2, slots=2, log_level="debug", worker_metrics=True
+        settings, workers=2, slots=2, log_level="debug", worker_metrics=True, logs=tmp_path / "logs"
     ) as cluster:
         outputs["cluster settings repr"] = repr(cluster.settings)
         headers = {"Authorization": f"Bearer {tokens.issue(USER)}"}
