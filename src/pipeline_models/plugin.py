@@ -3,6 +3,10 @@
 Every option exists as a ``--pipeline-*`` flag and an ini key; the flag wins, then the
 ini key, then the environment (``DATABASE_URL``), then the embedded Postgres. Importing
 this module is cheap: the database machinery is imported when a fixture first runs.
+
+A wrong setting is a usage error (exit 4) in one line, before any test runs: a profile
+that does not exist, and a database the session's tests need but cannot reach (one
+connection is tried once they are collected, instead of an error for each test).
 """
 
 from __future__ import annotations
@@ -74,12 +78,27 @@ def pipeline_settings(config: pytest.Config) -> PipelineSettings:
     )
 
 
+def _profile_source(config: pytest.Config) -> str:
+    if config.getoption("pipeline_profile"):
+        return "--pipeline-profile"
+    if config.getini("pipeline_profile"):
+        return "the pipeline_profile ini key"
+    from pipeline_models.profiles import ENVIRONMENT_VARIABLE
+
+    return ENVIRONMENT_VARIABLE
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from pipeline_models import profiles
 
     settings = pipeline_settings(config)
     profiles.register_profiles()
-    profiles.select_profile(settings.profile)
+    try:
+        profiles.select_profile(settings.profile)
+    except ValueError as error:
+        raise pytest.UsageError(
+            f"pipeline-models: {error} (from {_profile_source(config)})"
+        ) from None
     if settings.database_url:
         from pipeline_models.core.machines import use_server
 
@@ -91,6 +110,32 @@ def pytest_configure(config: pytest.Config) -> None:
         # Read-only: CI replays what fuzz sessions found, and neither adds its own
         # failures to the shared database nor deletes those it does not reproduce.
         profiles.use_example_database(example_database(settings.example_database, read_only=True))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Try the configured database once if the collected tests need it: unreachable, it is
+    one line and a usage error now, not the same long error for every test that uses it.
+    A session whose tests do not use it never connects (the plugin is loaded in every
+    pytest run of the environment, and DATABASE_URL may be another project's)."""
+    settings = pipeline_settings(session.config)
+    if settings.database_url is None or session.config.option.collectonly:
+        return
+    if not any("pipeline_database" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    from pipeline_models.errors import PipelineModelsError
+
+    try:
+        asyncio.run(_try_connecting(settings))
+    except PipelineModelsError as error:
+        raise pytest.UsageError(f"pipeline-models: {error}") from None
+
+
+async def _try_connecting(settings: PipelineSettings) -> None:
+    from pipeline_models.database import Database
+
+    database = Database.from_environment(settings.database_url, schema=settings.schema)
+    connection = await database.connect(application_name="pipeline-models pytest")
+    await connection.close()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
