@@ -455,8 +455,12 @@ class CheckpointScheduler:
             # Close client-side before cancelling, or asyncpg tries to roll back on the
             # dead socket and fails inside the task.
             connection.terminate()
-        if slot.task is not None and not slot.task.done():
-            slot.task.cancel()
+        if slot.task is not None:
+            if not slot.task.done():
+                slot.task.cancel()
+            # Awaited even when done: a worker blocked in a query ends with the backend
+            # terminated above, and its error is seen here, not printed by asyncio as a
+            # task exception never retrieved.
             with contextlib.suppress(BaseException):
                 await slot.task
         return StepReport(name, Outcome.CRASHED)
