@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,19 @@ TEST_CONFIG = WorkerConfig(
 
 
 PipelineFactory = Callable[..., ReferencePipeline]
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A temp directory of the test's own, for this process and its children (TMPDIR),
+    to see what a run leaves behind. Short: an embedded Postgres puts its socket in it,
+    and a socket's path has a length limit. (After tmp_path, which pytest makes in the
+    real temp directory.)"""
+    directory = Path(tempfile.mkdtemp(prefix="pm-tmp-"))
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    monkeypatch.setenv("TMPDIR", str(directory))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from pipeline_models import machines
 from pipeline_models.database import Database
+from pipeline_models.interrupts import Interrupted, search_so_far
 from pipeline_models.invariants import INVARIANTS
 from pipeline_models.lifecycle import TransitionKind
 from pipeline_models.profiles import machine_settings, register_profiles
@@ -39,6 +40,7 @@ class CheckReport:
     statistics: machines.RunStatistics = field(default_factory=machines.RunStatistics)
     failure: str | None = None
     program: list[str] = field(default_factory=list)
+    interrupted: bool = False  # by Ctrl-C: the statistics are those of the search so far
 
     @property
     def ok(self) -> bool:
@@ -67,7 +69,10 @@ class CheckReport:
             ),
             "",
         ]
-        if self.ok:
+        if self.interrupted:
+            again = "check again" if self.seed is None else f"check --seed {self.seed} again"
+            lines.append(search_so_far(stats.examples, stats.failures, again=again))
+        elif self.ok:
             lines.append("OK: no invariant failed")
         else:
             lines.append("FAILED, shrunk to:")
@@ -105,6 +110,8 @@ def run_check(
 
     With ``seed`` the search starts from it, and without the example database: the same
     seed runs the same examples again (examples saved by other runs would come first).
+    Ctrl-C ends the search: :class:`~pipeline_models.interrupts.Interrupted` then carries
+    the report of what it did until then.
     """
     register_profiles()
     asyncio.run(database.ensure_schema())
@@ -125,6 +132,8 @@ def run_check(
     started = time.perf_counter()
     try:
         run_state_machine_as_test(searched, settings=settings)
+    except KeyboardInterrupt:
+        report.interrupted = True
     except Exception as error:
         report.failure = f"{type(error).__name__}: {error}"
         report.program = _program(error)
@@ -132,6 +141,8 @@ def run_check(
         worker_log.setLevel(level)
     report.seconds = time.perf_counter() - started
     report.statistics = machines.STATISTICS
+    if report.interrupted:
+        raise Interrupted(report)
     return report
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -108,7 +108,27 @@ _MAX_COST = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _stopped(what_was_done: str, *, err: bool = False) -> NoReturn:
+    """Ctrl-C: say what the command did until then, and exit 130, not 1 (which says a
+    failure was found; see pipeline_models.interrupts)."""
+    from pipeline_models.interrupts import EXIT_CODE
+
+    click.echo(what_was_done, err=err)
+    sys.exit(EXIT_CODE)
+
+
+class _Commands(click.Group):
+    """The commands; a Ctrl-C that a command does not report on itself still ends it as
+    interrupted (exit 130), not as click's 'Aborted!' (exit 1)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _stopped("STOPPED by Ctrl-C")
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pipeline-models")
 @click.option(
     "--log-level",
@@ -186,7 +206,8 @@ def check(
     """Model-check the reference pipeline, or (--adapter) your own worker.
 
     Exits 0 when no invariant failed; otherwise prints each distinct finding with its
-    shrunk program and exits 1.
+    shrunk program and exits 1. Ctrl-C stops the search: it prints what the search did
+    until then and exits 130.
     """
     if adapter is not None:
         if schema is not None:
@@ -197,13 +218,27 @@ def check(
         return
     from pipeline_models.check import run_check
     from pipeline_models.database import Database
+    from pipeline_models.interrupts import (
+        Interrupted,
+        deferred_ctrl_c,
+        search_so_far,
+        without_seed_advice,
+    )
     from pipeline_models.schema import DEFAULT_SCHEMA
 
     try:
-        with Database.from_environment(database_url, schema=schema or DEFAULT_SCHEMA) as database:
+        with (
+            deferred_ctrl_c(),
+            without_seed_advice(),
+            Database.from_environment(database_url, schema=schema or DEFAULT_SCHEMA) as database,
+        ):
             report = run_check(
                 database, machine=machine, profile=profile, max_examples=max_examples, seed=seed
             )
+    except Interrupted as stop:  # the embedded server, if any, is stopped by now
+        _stopped(stop.report.render())
+    except KeyboardInterrupt:
+        _stopped(search_so_far(0, 0, again="check again"))
     except PipelineModelsError as error:
         raise click.ClickException(str(error)) from None
     click.echo(report.render())
@@ -220,7 +255,9 @@ def _check_own_worker(
     without: tuple[str, ...],
 ) -> None:
     from pipeline_models.core import machine_for, use_server
+    from pipeline_models.core.machines import STATISTICS
     from pipeline_models.core.report import load_adapter, run
+    from pipeline_models.interrupts import deferred_ctrl_c, search_so_far, without_seed_advice
 
     try:
         system = load_adapter(adapter, spec=spec_file)
@@ -228,8 +265,14 @@ def _check_own_worker(
     except (PipelineModelsError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     use_server(database_url)
+    examples, failures = STATISTICS.examples, STATISTICS.failures
     try:
-        report = run(machine, profile=profile, seed=seed, max_examples=max_examples)
+        with deferred_ctrl_c(), without_seed_advice():
+            report = run(machine, profile=profile, seed=seed, max_examples=max_examples)
+    except KeyboardInterrupt:  # the server, if embedded, is stopped at exit
+        again = "check again" if seed is None else f"check --seed {seed} again"
+        searched = STATISTICS.examples - examples
+        _stopped(search_so_far(searched, STATISTICS.failures - failures, again=again))
     except PipelineModelsError as error:
         raise click.ClickException(str(error)) from None
     click.echo(report.render())
@@ -302,7 +345,7 @@ def mutants(
     First the control: the unmodified package, copied and run the same way on the same
     schedule (every round). A kill counts only in a round the control passed, so if the
     control fails anywhere nothing is counted and the run fails. Exits 1 then, or if
-    any mutant survives the checker.
+    any mutant survives the checker. Ctrl-C stops the run, counting nothing (exit 130).
     """
     from pipeline_models.database import Database
     from pipeline_models.mutants.catalog import BY_NAME, CATALOG
@@ -327,6 +370,7 @@ def mutants(
         if not as_json:
             click.echo(text, err=True)
 
+    finished: list[MutantReport] = []
     try:
         with Database.from_environment(database_url) as database:
             options = RunOptions(
@@ -343,10 +387,20 @@ def mutants(
             say("  first the control: the unmodified package, every round")
 
             def progress(report: MutantReport) -> None:
-                verdict = "killed" if report.killed_by("checker") else "survived"
+                finished.append(report)
+                if report.killed_by("checker"):
+                    verdict = "killed"
+                else:  # a child that failed (Ctrl-C reaches them too) did not run
+                    verdict = "did not run" if report.error else "survived"
                 say(f"  {report.name}: {verdict}")
 
             campaign = run_campaign(chosen, options, jobs=jobs, on_result=progress)
+    except KeyboardInterrupt:
+        _stopped(
+            f"STOPPED by Ctrl-C after {len(finished)} of {len(chosen)} mutants (the control "
+            "runs first): nothing is counted",
+            err=as_json,
+        )
     except PipelineModelsError as error:
         raise click.ClickException(str(error)) from None
     reports = campaign.mutants
@@ -430,9 +484,11 @@ def fuzz(
     """A long fuzz session over the state machines, on HypoFuzz, with the fuzz profile.
 
     Prints a progress line, then a summary; failures are saved in the example database
-    and written as repro files. Exits 1 when the session found a failure.
+    and written as repro files. Exits 1 when the session found a failure. Ctrl-C ends
+    the session: the summary says what it did until then, and it exits 130.
     """
     from pipeline_models.fuzz import MACHINE_NAMES, FuzzOptions, FuzzReport, run_fuzz
+    from pipeline_models.interrupts import Interrupted
 
     options = FuzzOptions(
         minutes=minutes,
@@ -456,6 +512,10 @@ def fuzz(
 
     try:
         report = run_fuzz(options, on_progress=progress)
+    except Interrupted as stop:
+        if live:
+            click.echo("", err=True)
+        _stopped(stop.report.render())
     except (RuntimeError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     if live:
@@ -513,26 +573,41 @@ def repro(
     from pipeline_models import machines
     from pipeline_models.database import Database
     from pipeline_models.examples_database import example_database as open_database
+    from pipeline_models.interrupts import deferred_ctrl_c, without_seed_advice
     from pipeline_models.repro import MACHINES, run_repro_file, write_repro_files
 
-    with Database.from_environment(database_url) as database:
-        import asyncio
+    written: list[Path] = []
 
-        asyncio.run(database.ensure_schema())
-        machines.use_database(database)
-        if run_file is not None:
-            failure = run_repro_file(run_file, echo=click.echo)
-            sys.exit(1 if failure is not None else 0)
-        paths = write_repro_files(
-            open_database(example_database),
-            out,
-            machine_names=machine_names or tuple(MACHINES),
-            label=label,
-            shrink_seconds=shrink_seconds,
-        )
-    for path in paths:
+    def wrote(path: Path) -> None:
+        written.append(path)
         click.echo(f"wrote {path}")
-    if not paths:
+
+    try:
+        with (
+            deferred_ctrl_c(),
+            without_seed_advice(),
+            Database.from_environment(database_url) as database,
+        ):
+            import asyncio
+
+            asyncio.run(database.ensure_schema())
+            machines.use_database(database)
+            if run_file is not None:
+                failure = run_repro_file(run_file, echo=click.echo)
+                sys.exit(1 if failure is not None else 0)
+            write_repro_files(
+                open_database(example_database),
+                out,
+                machine_names=machine_names or tuple(MACHINES),
+                label=label,
+                shrink_seconds=shrink_seconds,
+                on_written=wrote,
+            )
+    except KeyboardInterrupt:
+        if run_file is not None:
+            _stopped(f"STOPPED by Ctrl-C: the replay of {run_file} did not finish")
+        _stopped(f"STOPPED by Ctrl-C after writing {len(written)} repro files")
+    if not written:
         click.echo("no failure in the example database reproduces here")
 
 
@@ -609,7 +684,8 @@ def demo(
     expected chunks and vectors, or dead-lettered with last_error for unusable input
     (with --processes, unusable input may instead be refused at upload), and, in
     process, the recorded cost is what the fake services billed. With --max-cost, the
-    cap must also have held jobs, and none may have failed or been lost.
+    cap must also have held jobs, and none may have failed or been lost. Ctrl-C stops it
+    unverified (exit 130).
     """
     from pipeline_models import demo as demo_module
 
@@ -625,6 +701,8 @@ def demo(
             processes=processes,
             max_cost_usd=max_cost,
         )
+    except KeyboardInterrupt:
+        _stopped("STOPPED by Ctrl-C: the demo did not finish, so nothing was verified")
     except (PipelineModelsError, TimeoutError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(report.render())

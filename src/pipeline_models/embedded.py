@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -51,7 +52,28 @@ class EmbeddedPostgres:
 
     @classmethod
     def start(cls) -> EmbeddedPostgres:
-        """Initialise and start a fresh server; typically 0.5 to 1 s."""
+        """Initialise and start a fresh server; typically 0.5 to 1 s.
+
+        A Ctrl-C meanwhile takes effect once the server runs and will be stopped: not
+        halfway, with a server started and nothing yet to stop it. If it killed the
+        start (pgserver runs initdb and pg_ctl in our process group, where a terminal
+        sends its SIGINT), the start was interrupted rather than failed.
+        """
+        pgserver_log = logging.getLogger("pgserver")
+        pgserver_log.addFilter(_not_killed_by_ctrl_c)
+        try:
+            with _ctrl_c_held():
+                try:
+                    return cls._start()
+                except EmbeddedPostgresError:
+                    if _ctrl_c_pending():
+                        raise KeyboardInterrupt from None
+                    raise
+        finally:
+            pgserver_log.removeFilter(_not_killed_by_ctrl_c)
+
+    @classmethod
+    def _start(cls) -> EmbeddedPostgres:
         try:
             with warnings.catch_warnings():
                 # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver
@@ -140,6 +162,28 @@ class EmbeddedPostgres:
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else "running"
         return f"EmbeddedPostgres({str(self.pgdata)!r}, {state})"
+
+
+def _ctrl_c_pending() -> bool:
+    return signal.SIGINT in signal.sigpending()
+
+
+def _not_killed_by_ctrl_c(record: logging.LogRecord) -> bool:
+    """pgserver logs a command that failed, with its output: not one a Ctrl-C killed."""
+    return not _ctrl_c_pending()
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """SIGINT held (blocked in this thread) until the block ends, then delivered."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _spawn_reaper(root: Path, pid: int | None) -> subprocess.Popen[bytes]:

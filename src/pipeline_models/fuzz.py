@@ -16,7 +16,9 @@ This module only prepares and watches a session:
   the progress line and the summary add them up, and failures are read from the
   example database (HypoFuzz saves a shrunk failure under the key Hypothesis replays);
 * the session ends at the time budget, or at the first shrunk failure; then
-  ``pipeline-models repro`` turns each failure into a test file.
+  ``pipeline-models repro`` turns each failure into a test file. Ctrl-C ends it too:
+  the report says what it did until then (no repro file is written: the failures are
+  in the example database, for ``pipeline-models repro``).
 
 Example::
 
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_models.examples_database import example_database, machine_database_key
+from pipeline_models.interrupts import Interrupted
 from pipeline_models.lifecycle import TransitionKind
 from pipeline_models.report import Counts, load_counts, save_counts
 from pipeline_models.tables import format_table
@@ -52,6 +55,7 @@ DATABASE_VARIABLE = "PIPELINE_MODELS_FUZZ_EXAMPLE_DATABASE"
 MACHINE_VARIABLE = "PIPELINE_MODELS_FUZZ_MACHINES"
 COPIES_VARIABLE = "PIPELINE_MODELS_FUZZ_COPIES"
 MACHINE_NAMES = ("pipeline", "queue")
+INTERRUPTED = "Ctrl-C"  # what ended an interrupted session (FuzzReport.ended)
 
 _TARGETS = '''"""Written by `pipeline-models fuzz`: the machines HypoFuzz runs in this session."""
 
@@ -94,12 +98,16 @@ class FuzzReport:
     log: Path | None = None
     package: Path | None = None  # the planted mutant's copy, first on PYTHONPATH
     repro_problem: str | None = None  # why no repro file was written, if none was
-    ended: str = "time budget"
+    ended: str = "time budget"  # or INTERRUPTED, the first failure, HypoFuzz exiting
     restarts: int = 0  # of HypoFuzz's hub, which can stop on its own (see run_fuzz)
 
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    @property
+    def interrupted(self) -> bool:
+        return self.ended == INTERRUPTED
 
     def progress(self) -> str:
         rate = self.counts.examples / self.seconds if self.seconds else 0.0
@@ -132,7 +140,11 @@ class FuzzReport:
             ),
         ]
         if self.ok:
-            lines.append("OK: no failure found")
+            lines.append(
+                "STOPPED by Ctrl-C: no failure found so far"
+                if self.interrupted
+                else "OK: no failure found"
+            )
         else:
             found = ", ".join(f"{machine} ({count})" for machine, count in self.failures.items())
             lines.append(f"FAILED: new failures in the example database: {found}")
@@ -299,7 +311,8 @@ def _database_spec(spec: str | None) -> str:
 def run_fuzz(
     options: FuzzOptions, *, on_progress: Callable[[FuzzReport], None] | None = None
 ) -> FuzzReport:
-    """Run a session; its report (``report.ok`` is False when it found a failure)."""
+    """Run a session; its report (``report.ok`` is False when it found a failure). Ctrl-C
+    ends it: :class:`~pipeline_models.interrupts.Interrupted` then carries the report."""
     try:
         import hypofuzz  # noqa: F401
     except ImportError as error:
@@ -390,12 +403,18 @@ def run_fuzz(
                     _stop(process)
                     report.restarts += 1
                     process = launch()
+        except KeyboardInterrupt:
+            report.ended = INTERRUPTED
         finally:
             _stop(process)
     report.seconds = time.monotonic() - started
     report.counts, report.steps = _read_workers(workers)
     report.counts.sources = [f"fuzz session {session.name}"]
     save_counts(report.counts, options.directory / "transitions-fuzz.json")
+    if report.interrupted:
+        if report.failures:
+            report.repro_problem = "stopped by Ctrl-C first; `pipeline-models repro` writes it"
+        raise Interrupted(report)
     if report.failures and options.repro_directory is not None:
         report.repro_files, report.repro_problem = _write_repros(options, spec, environment)
     return report
@@ -408,7 +427,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # or a second Ctrl-C
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()

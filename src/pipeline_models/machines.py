@@ -62,6 +62,7 @@ from pipeline_models.drivers import (
 )
 from pipeline_models.fakes import FaultPlan
 from pipeline_models.history import JobChange
+from pipeline_models.interrupts import stop_if_asked
 from pipeline_models.invariants import (
     INVARIANTS,
     Expectations,
@@ -114,6 +115,9 @@ class RunStatistics:
     steps: int = 0  # worker steps the rules took (checkpoint to checkpoint)
     drain_steps: int = 0  # whole worker steps the drains took
     checks: int = 0  # invariant checks that read the database
+    # Examples an invariant failed in, Hypothesis's replays while shrinking included: an
+    # interrupted run can tell whether it had found anything.
+    failures: int = 0
     transitions: Counter[TransitionKind] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
     seconds: dict[str, float] = field(default_factory=dict)  # by phase: setup, check, drain…
@@ -199,6 +203,7 @@ class QueueMachine(RuleBasedStateMachine):
     DRAIN: ClassVar[bool] = True
 
     def __init__(self) -> None:
+        stop_if_asked()  # Ctrl-C (see interrupts): before an example, nothing is half done
         super().__init__()
         with STATISTICS.timing("setup"):
             self.driver: QueueDriver = self.make_driver()
@@ -352,6 +357,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @invariant()
     def database_agrees_with_the_model(self) -> None:
+        stop_if_asked()  # Ctrl-C: after a rule, the teardown undoes the rest
         STATISTICS.rules += 1
         if not self.dirty:
             self.dirty = True
@@ -368,6 +374,7 @@ class QueueMachine(RuleBasedStateMachine):
             violations = check(observation, expectations, names=self.INVARIANT_NAMES)
         self._aim(observation, expectations)
         if violations:
+            STATISTICS.failures += 1
             raise InvariantViolation(violations)
 
     def _aim(self, observation: Observation, expectations: Expectations) -> None:
@@ -412,6 +419,7 @@ class QueueMachine(RuleBasedStateMachine):
             violations.append(Violation("liveness", "jobs were still live when the drain gave up"))
         violations.extend(liveness(snapshot, expectations))
         if violations:
+            STATISTICS.failures += 1
             raise InvariantViolation(violations)
 
 

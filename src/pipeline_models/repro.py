@@ -197,9 +197,11 @@ def write_repro_files(
     machine_names: tuple[str, ...] = tuple(MACHINES),
     label: str = "fuzz",
     shrink_seconds: float = 60,
+    on_written: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """One test file in ``directory`` per distinct failure saved for each machine (shrunk
     first, and saved back shrunk, so that a replaying run gets the short one); their paths.
+    ``on_written`` hears of each file as soon as it is written.
     """
     register_profiles()
     logging.getLogger("pipeline_models.worker").setLevel(logging.CRITICAL)
@@ -228,6 +230,8 @@ def write_repro_files(
                 path.write_text(text)
                 _format(path)
                 written.append(path)
+                if on_written is not None:
+                    on_written(path)
     return written
 
 

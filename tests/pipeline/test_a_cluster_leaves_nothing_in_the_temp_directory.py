@@ -4,11 +4,8 @@ cluster and ``demo --processes`` leave nothing in the temp directory, even when 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,17 +13,6 @@ import pytest
 from pipeline_models.cluster import ClusterError, LocalCluster
 from pipeline_models.database import Database
 from tests.conftest import cluster_settings
-
-
-@pytest.fixture
-def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A temp directory of the test's own, for this process and its children. Short: an
-    embedded Postgres puts its socket in it, and a socket's path has a length limit."""
-    directory = Path(tempfile.mkdtemp(prefix="pm-tmp-"))
-    monkeypatch.setattr(tempfile, "tempdir", str(directory))
-    monkeypatch.setenv("TMPDIR", str(directory))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _left(directory: Path) -> list[str]:

@@ -57,6 +57,7 @@ from pipeline_models.core.scheduler import (
 )
 from pipeline_models.core.server import Server
 from pipeline_models.core.spec import TERMINAL, HolderModel, Spec
+from pipeline_models.interrupts import stop_if_asked
 from pipeline_models.profiles import machine_settings
 
 T = TypeVar("T")
@@ -79,6 +80,9 @@ class Statistics:
     rules: int = 0
     steps: int = 0
     drain_steps: int = 0
+    # Examples an invariant failed in, Hypothesis's replays while shrinking included: an
+    # interrupted run can tell whether it had found anything.
+    failures: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -178,6 +182,7 @@ class QueueMachine(RuleBasedStateMachine):
     KNOWN: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
+        stop_if_asked()  # Ctrl-C (see interrupts): before an example, nothing is half done
         super().__init__()
         self.runtime = _Runtime.get()
         self.adapter = self.ADAPTER()
@@ -309,6 +314,7 @@ class QueueMachine(RuleBasedStateMachine):
     # -- checks --------------------------------------------------------------------------
 
     def _check(self) -> None:
+        stop_if_asked()  # Ctrl-C: after a rule, or in the drain, the teardown undoes the rest
         STATISTICS.rules += 1
         self._run(self.trail.read(self.runtime.monitor))
         self._aim()
@@ -352,6 +358,8 @@ class QueueMachine(RuleBasedStateMachine):
             # A cause an earlier round already reported: this example can only show it
             # again (or its consequences as if they were causes); look elsewhere.
             reject()
+        if ordered:
+            STATISTICS.failures += 1
         raise_findings(ordered)
 
     def teardown(self) -> None:
