@@ -30,6 +30,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -216,18 +217,28 @@ def _search(
     teardown = machine.teardown
 
     def timed_teardown(self: machines.QueueMachine) -> None:
-        before_drain = sys.exception() is not None
-        at_drain = False
+        # Teardown runs in the rule's exception handler when a rule failed.
+        before_drain = sys.exception()
+        raised = before_drain
         try:
             teardown(self)
-        except BaseException:
-            at_drain = not before_drain
+        except BaseException as error:
+            raised = raised or error  # the drain failed
             raise
         finally:
-            if (before_drain or at_drain) and not first:
+            if raised is not None and not first:
                 first["seconds"] = time.perf_counter() - started
                 first["examples"] = examples_before + machines.STATISTICS.examples
-                if before_drain:
+                # What the first failing example raised: a failure that does not
+                # replay (Hypothesis's "inconsistent data generation") carries no
+                # trace of it, and it is the lead to follow.
+                first["raised"] = (
+                    f"{type(raised).__name__}: {(str(raised).splitlines() or [''])[0]}"
+                )
+                # The whole story on stderr (the runner keeps only its last line), for
+                # whoever runs this child by hand to chase a failure that did not replay.
+                traceback.print_exception(raised, file=sys.stderr)
+                if before_drain is not None:
                     machine.DRAIN = False
 
     machine.teardown = timed_teardown  # type: ignore[method-assign]
@@ -242,6 +253,8 @@ def _search(
         run_state_machine_as_test(machine, settings=machine_settings("ci", **overrides))
     except Exception as error:
         fired, detail = _fired(error)
+        if FLAKY in fired and "first run raised" not in detail and "raised" in first:
+            detail += f"; the first failing example raised {first['raised']}"
         return SideResult(
             side,
             True,
