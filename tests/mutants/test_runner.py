@@ -10,9 +10,11 @@ import asyncio
 import os
 
 import pytest
+from hypothesis.errors import StopTest, UnsatisfiedAssumption
 
 from pipeline_models.database import Database
 from pipeline_models.mutants import Edit, Mutant
+from pipeline_models.mutants.child import _failure
 from pipeline_models.mutants.runner import (
     RunOptions,
     _schema_slots,
@@ -108,3 +110,12 @@ def test_two_runs_on_one_server_never_share_a_schema_and_leave_none_behind(
     before = asyncio.run(schemas())
     run_mutants([NO_EDITS], options, jobs=1)
     assert asyncio.run(schemas()) == before
+
+
+def test_hypothesis_cutting_an_example_short_is_not_the_first_failure() -> None:
+    # Taken for one, it switched the drains (and liveness) off for the rest of a search.
+    assert _failure(StopTest(12)) is None
+    assert _failure(UnsatisfiedAssumption()) is None
+    assert _failure(KeyboardInterrupt()) is None
+    error = AssertionError("an invariant")
+    assert _failure(error) is error

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hypothesis import seed as hypothesis_seed
-from hypothesis.errors import Flaky
+from hypothesis.errors import Flaky, UnsatisfiedAssumption
 from hypothesis.stateful import run_state_machine_as_test
 
 from pipeline_models import machines
@@ -107,6 +107,13 @@ def _fired(error: BaseException) -> tuple[list[str], str]:
     if isinstance(error, AssertionError):
         return ["api contract"], (str(error).splitlines() or [""])[0]
     return [f"error: {type(error).__name__}"], (str(error).splitlines() or [""])[0]
+
+
+def _failure(error: BaseException | None) -> BaseException | None:
+    """``error`` if it is a failure of the example, not Hypothesis's control flow."""
+    if isinstance(error, Exception) and not isinstance(error, UnsatisfiedAssumption):
+        return error
+    return None
 
 
 def _program(error: BaseException) -> list[str]:
@@ -217,13 +224,16 @@ def _search(
     teardown = machine.teardown
 
     def timed_teardown(self: machines.QueueMachine) -> None:
-        # Teardown runs in the rule's exception handler when a rule failed.
-        before_drain = sys.exception()
+        # Teardown runs in the rule's exception handler when a rule failed. Hypothesis's
+        # own StopTest (an example cut short: its choices ran out, or it was rejected)
+        # is no failure: taken for one, it switched the drains off for the rest of the
+        # search after the first such example, and with them every liveness check.
+        before_drain = _failure(sys.exception())
         raised = before_drain
         try:
             teardown(self)
         except BaseException as error:
-            raised = raised or error  # the drain failed
+            raised = raised or _failure(error)  # the drain failed
             raise
         finally:
             if raised is not None and not first:
