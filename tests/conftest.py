@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
@@ -148,3 +150,26 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if (deselected := config.stash.get(_LIVE_DESELECTED, None)) is not None:
         count, reason = deselected
         terminalreporter.write_line(f"{count} live test(s) deselected: {reason}")
+
+
+def run_pytest(
+    cwd: Path,
+    *arguments: str,
+    leave_out: tuple[str, ...] = (),
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """pytest in a child process in ``cwd``, without this session's PYTEST_ variables
+    (the parent's current test) nor those named or prefixed in ``leave_out``, with
+    ``env`` added."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", *leave_out))}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *arguments],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

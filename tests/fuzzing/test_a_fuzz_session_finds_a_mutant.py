@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_models.fuzz import FuzzOptions, FuzzReport, run_fuzz
+from tests.conftest import run_pytest
 
 pytest.importorskip("hypofuzz", reason="the fuzz extra is not installed")
 redis = pytest.importorskip("redis", reason="the fuzz extra is not installed")
@@ -69,22 +69,12 @@ def _pytest(
 ) -> subprocess.CompletedProcess[str]:
     # Without DATABASE_URL: each replay on an embedded server of its own, never in the
     # schema this session's tests use.
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "DATABASE_URL"
-    }
+    env: dict[str, str] = {}
     if package is not None:
-        environment["PYTHONPATH"] = os.pathsep.join(
-            [str(package), *filter(None, [environment.get("PYTHONPATH")])]
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(package), *filter(None, [os.environ.get("PYTHONPATH")])]
         )
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *arguments],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_pytest(cwd, "-q", *arguments, leave_out=("DATABASE_URL",), env=env, timeout=300)
 
 
 def test_the_session_finds_the_mutant_and_reports_coverage(session: FuzzReport) -> None:

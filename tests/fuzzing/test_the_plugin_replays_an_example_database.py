@@ -4,12 +4,11 @@ read-only; and the transition counts it leaves for ``pipeline-models report``.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_pytest
 
 PROBE = """
 from hypothesis.database import ReadOnlyDatabase
@@ -31,19 +30,7 @@ def test_the_machines_settings() -> None:
 
 
 def _run(directory: Path, *arguments: str, env: dict[str, str] | None = None) -> str:
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PIPELINE_MODELS_"))
-    }
-    environment.update(env or {})
-    finished = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *arguments],
-        cwd=directory,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    finished = run_pytest(directory, *arguments, leave_out=("PIPELINE_MODELS_",), env=env)
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
     return finished.stdout
 

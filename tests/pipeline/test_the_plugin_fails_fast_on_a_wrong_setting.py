@@ -3,12 +3,11 @@ before any test runs, not an error and a long traceback for every test."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_pytest
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
 
@@ -34,22 +33,9 @@ def _pytest(
     directory: Path, *arguments: str, database_url: str | None, env: dict[str, str] | None = None
 ) -> tuple[int, str]:
     (directory / "test_with_the_plugin.py").write_text(TESTS)
-    environment = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PYTEST_", "PIPELINE_MODELS_")) and k != "DATABASE_URL"
-    }
-    if database_url is not None:
-        environment["DATABASE_URL"] = database_url
-    environment.update(env or {})
-    finished = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *arguments],
-        cwd=directory,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    env = {**({"DATABASE_URL": database_url} if database_url else {}), **(env or {})}
+    finished = run_pytest(
+        directory, *arguments, leave_out=("PIPELINE_MODELS_", "DATABASE_URL"), env=env
     )
     return finished.returncode, finished.stdout + finished.stderr
 
