@@ -47,8 +47,7 @@ from typing import Any
 from pipeline_models.examples_database import example_database, machine_database_key
 from pipeline_models.interrupts import Interrupted
 from pipeline_models.lifecycle import TransitionKind
-from pipeline_models.report import Counts, load_counts, save_counts
-from pipeline_models.tables import format_table
+from pipeline_models.report import Counts, load_counts, save_counts, transition_lines
 
 SESSION_VARIABLE = "PIPELINE_MODELS_FUZZ_SESSION"
 DATABASE_VARIABLE = "PIPELINE_MODELS_FUZZ_EXAMPLE_DATABASE"
@@ -109,20 +108,32 @@ class FuzzReport:
     def interrupted(self) -> bool:
         return self.ended == INTERRUPTED
 
+    def transitions(self) -> tuple[TransitionKind, ...]:
+        """The transitions the rules of the session's machines make."""
+        from pipeline_models.machines import transitions_of
+
+        classes = _machine_classes()
+        return transitions_of(classes[name] for name in self.options.machines)
+
+    def covered(self) -> list[TransitionKind]:
+        return [kind for kind in self.transitions() if self.counts.transitions[kind.value]]
+
     def progress(self) -> str:
         rate = self.counts.examples / self.seconds if self.seconds else 0.0
         steps = self.steps / self.seconds if self.seconds else 0.0
-        covered = sum(1 for kind in TransitionKind if self.counts.transitions[kind.value])
         return (
             f"{self.seconds:5.0f} s  {self.counts.examples} examples ({rate:.1f}/s), "
-            f"{steps:.0f} steps/s, transitions {covered}/{len(TransitionKind)}, "
+            f"{steps:.0f} steps/s, transitions {len(self.covered())}/{len(self.transitions())}, "
             f"{len(self.counts.edges)} edges, {len(self.counts.events)} behaviours, "
             f"failures {sum(self.failures.values())}"
         )
 
     def render(self) -> str:
+        from pipeline_models.machines import DRAIN_TRANSITIONS
+
         options = self.options
-        covered = [kind for kind in TransitionKind if self.counts.transitions[kind.value]]
+        kinds = self.transitions()
+        covered = self.covered()
         target = f"mutant {options.mutant}" if options.mutant else "the reference pipeline"
         lines = [
             f"pipeline-models fuzz: {', '.join(options.machines)} on {target}, "
@@ -131,13 +142,10 @@ class FuzzReport:
             f"ended by {self.ended} after {self.seconds:.0f} s: {self.counts.examples} examples "
             f"({self.counts.examples / max(self.seconds, 1e-9):.1f}/s), {self.counts.rules} "
             f"rules, {self.steps} worker steps; HypoFuzz restarted {self.restarts} times",
-            f"transitions covered: {len(covered)} of {len(TransitionKind)}; lifecycle edges "
+            f"transitions covered: {len(covered)} of {len(kinds)}; lifecycle edges "
             f"seen: {len(self.counts.edges)}; forbidden edges: {len(self.counts.forbidden)}; "
             f"distinct events: {len(self.counts.events)}",
-            format_table(
-                ["transition", "seen"],
-                [[kind.value, self.counts.transitions[kind.value]] for kind in TransitionKind],
-            ),
+            *transition_lines(self.counts.transitions, kinds, drained=DRAIN_TRANSITIONS),
         ]
         if self.ok:
             lines.append(

@@ -104,6 +104,23 @@ QUEUE_INVARIANTS = (
     "retries",
     "no_duplicates",
 )
+# What the job-queue machine's rules make happen to jobs: enqueued (an upload), claimed
+# and worked to the end, crashed and reclaimed, dead-lettered once crashes have used up
+# the retries. A failed call (fail_transient) needs a fault on a service; webhooks,
+# operator retries and spending caps (hold, release) are the pipeline machine's rules.
+QUEUE_TRANSITIONS = (
+    TransitionKind.CREATE,
+    TransitionKind.CLAIM,
+    TransitionKind.RENEW,
+    TransitionKind.RECLAIM,
+    TransitionKind.ADVANCE,
+    TransitionKind.REQUEUE,
+    TransitionKind.FAIL_PERMANENT,
+    TransitionKind.FINALIZE,
+)
+# What every drain may make besides (ReferenceDriver.drain): it delivers the parser's
+# queued webhooks, and retries as operator the dead letters the model did not predict.
+DRAIN_TRANSITIONS = (TransitionKind.WEBHOOK, TransitionKind.OPERATOR_RETRY)
 
 
 @dataclass
@@ -197,7 +214,11 @@ class QueueMachine(RuleBasedStateMachine):
     """The job-queue layer: enqueue, step, crash, restart, lose connections, move time."""
 
     WORKER_SLOTS: ClassVar[tuple[str, ...]] = ("w1", "w2")
+    # What this machine checks, which its report lists (see checked_invariants() and check.py):
+    # the invariants judged after every rule (None: all of them), and the lifecycle
+    # transitions its rules make.
     INVARIANT_NAMES: ClassVar[tuple[str, ...] | None] = QUEUE_INVARIANTS
+    TRANSITIONS: ClassVar[tuple[TransitionKind, ...]] = QUEUE_TRANSITIONS
     # Off only to shrink a failure that fired before the drain: the drain is half of an
     # example's time and cannot matter to it.
     DRAIN: ClassVar[bool] = True
@@ -226,6 +247,11 @@ class QueueMachine(RuleBasedStateMachine):
             for slot in self.WORKER_SLOTS:
                 self._run(self.driver.start_worker(slot))
         STATISTICS.examples += 1
+
+    @classmethod
+    def checked_invariants(cls) -> tuple[str, ...]:
+        """The invariants this machine judges after every rule and at every drain."""
+        return tuple(INVARIANTS) if cls.INVARIANT_NAMES is None else cls.INVARIANT_NAMES
 
     def make_driver(self) -> QueueDriver:
         """The system under test; override to check another worker."""
@@ -428,6 +454,7 @@ class PipelineMachine(QueueMachine):
     the job-queue layer, every invariant checked after every rule."""
 
     INVARIANT_NAMES: ClassVar[tuple[str, ...] | None] = None  # all of them
+    TRANSITIONS: ClassVar[tuple[TransitionKind, ...]] = tuple(TransitionKind)  # all of them
 
     uploads = Bundle("uploads")
 
@@ -640,13 +667,28 @@ def all_invariants() -> tuple[str, ...]:
     return tuple(INVARIANTS)
 
 
+def transitions_of(machines: Iterable[type[QueueMachine]]) -> tuple[TransitionKind, ...]:
+    """The transitions the rules of ``machines`` make, in lifecycle order.
+
+    >>> transitions_of([QueueMachine]) == QUEUE_TRANSITIONS
+    True
+    >>> len(transitions_of([QueueMachine, PipelineMachine]))
+    13
+    """
+    made = {kind for machine in machines for kind in machine.TRANSITIONS}
+    return tuple(kind for kind in TransitionKind if kind in made)
+
+
 __all__ = [
     "ALICE",
     "BOB",
+    "DRAIN_TRANSITIONS",
+    "QUEUE_TRANSITIONS",
     "STATISTICS",
     "PipelineMachine",
     "QueueMachine",
     "RunStatistics",
     "all_invariants",
+    "transitions_of",
     "use_database",
 ]

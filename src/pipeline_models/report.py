@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from itertools import pairwise
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline_models.lifecycle import Stage, TransitionKind
+from pipeline_models.tables import format_table
 
 DEFAULT_DIRECTORY = Path(".pipeline-models")
 
@@ -109,6 +111,36 @@ def load_counts(paths: list[Path]) -> Counts:
             )
         )
     return total
+
+
+def transition_lines(
+    seen: Mapping[Any, int],  # by kind, or by its value (a StrEnum: the same keys)
+    kinds: Sequence[TransitionKind],
+    *,
+    drained: Sequence[TransitionKind] = (),
+) -> list[str]:
+    """How often each of ``kinds`` (the transitions a machine's rules make) was seen, as
+    a table; then any other kind that was seen, which is never left out: those the
+    drains make (``drained``), and anything else.
+
+    >>> lines = transition_lines({"claim": 3, "webhook": 1}, [TransitionKind.CLAIM],
+    ...                          drained=[TransitionKind.WEBHOOK])
+    >>> for line in lines:
+    ...     print(line)
+    transition  seen
+    ----------  ----
+    claim          3
+    also seen, made by the drains: webhook 1
+    """
+    lines = [format_table(["transition", "seen"], [[k.value, seen.get(k, 0)] for k in kinds])]
+    others = [kind for kind in TransitionKind if kind not in kinds and seen.get(kind, 0)]
+    for label, group in (
+        ("also seen, made by the drains", [kind for kind in others if kind in drained]),
+        ("also seen", [kind for kind in others if kind not in drained]),
+    ):
+        if group:
+            lines.append(f"{label}: {', '.join(f'{k.value} {seen.get(k, 0)}' for k in group)}")
+    return lines
 
 
 def _stages_of(edge: str) -> tuple[str, str]:
@@ -240,5 +272,6 @@ __all__ = [
     "render_svg",
     "save_counts",
     "save_statistics",
+    "transition_lines",
     "write_report",
 ]

@@ -45,6 +45,7 @@ class Report:
     seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    invariants: tuple[str, ...] = ()  # what the machine judged (its INVARIANTS)
 
     @property
     def ok(self) -> bool:
@@ -55,6 +56,10 @@ class Report:
             f"pipeline-models check: {self.machine}, profile {self.profile}",
             f"{self.examples} examples in {self.seconds:.1f} s",
         ]
+        if self.invariants:
+            judged = [name for name in self.invariants if name != "liveness"]
+            drained = "; liveness at every drain" if "liveness" in self.invariants else ""
+            lines.append(f"invariants checked: {', '.join(judged)}{drained}")
         lines += [f"warning: {warning}" for warning in self.warnings]
         if self.ok:
             lines += ["", "OK: no invariant failed"]
@@ -85,7 +90,7 @@ def run(
     discards the examples whose first finding is a cause already reported, until a
     round finds nothing new. Each finding is shrunk for at most ``shrink_seconds``
     (Hypothesis's own bound is an engine constant, not a setting)."""
-    report = Report(machine.__name__, profile)
+    report = Report(machine.__name__, profile, invariants=machine.INVARIANTS)
     before = STATISTICS.examples
     started = time.perf_counter()
     known: dict[str, Failure] = {}
