@@ -95,6 +95,15 @@ class _CommaSeparatedChoice(click.ParamType):  # type: ignore[type-arg]  # as _M
 # imports the machines, and the CLI stays cheap to import.
 _MUTANT_SIDES = ("checker", "coarse", "examples")
 
+# Long commands show what they are doing on stderr (pipeline_models.progress).
+_PROGRESS = click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="While it runs, show progress on stderr: a line redrawn in place on a terminal, "
+    "a plain line every 10 s (PIPELINE_MODELS_PROGRESS_SECONDS) anywhere else.",
+)
+
 # Seconds as a float everywhere: a time limit need not be whole.
 _SECONDS = click.FloatRange(min=0, min_open=True)
 
@@ -192,6 +201,7 @@ def main(log_level: str, log_json: bool) -> None:
     metavar="INVARIANT",
     help="With --adapter: leave out an invariant (repeatable).",
 )
+@_PROGRESS
 def check(
     database_url: str | None,
     profile: str,
@@ -202,6 +212,7 @@ def check(
     seed: int | None,
     schema: str | None,
     without: tuple[str, ...],
+    progress: bool,
 ) -> None:
     """Model-check the reference pipeline, or (--adapter) your own worker.
 
@@ -214,9 +225,11 @@ def check(
             raise click.UsageError(
                 "--schema is the reference pipeline's; your adapter's setup makes its own tables"
             )
-        _check_own_worker(database_url, adapter, spec_file, profile, seed, max_examples, without)
+        _check_own_worker(
+            database_url, adapter, spec_file, profile, seed, max_examples, without, progress
+        )
         return
-    from pipeline_models.check import run_check
+    from pipeline_models.check import MACHINES, run_check
     from pipeline_models.database import Database
     from pipeline_models.interrupts import (
         Interrupted,
@@ -224,12 +237,14 @@ def check(
         search_so_far,
         without_seed_advice,
     )
+    from pipeline_models.progress import Progress, check_reading, choose_mode
     from pipeline_models.schema import DEFAULT_SCHEMA
 
     try:
         with (
             deferred_ctrl_c(),
             without_seed_advice(),
+            Progress("check", check_reading(MACHINES[machine]), mode=choose_mode(progress)),
             Database.from_environment(database_url, schema=schema or DEFAULT_SCHEMA) as database,
         ):
             report = run_check(
@@ -253,11 +268,13 @@ def _check_own_worker(
     seed: int | None,
     max_examples: int | None,
     without: tuple[str, ...],
+    progress: bool,
 ) -> None:
     from pipeline_models.core import machine_for, use_server
     from pipeline_models.core.machines import STATISTICS
     from pipeline_models.core.report import load_adapter, run
     from pipeline_models.interrupts import deferred_ctrl_c, search_so_far, without_seed_advice
+    from pipeline_models.progress import Progress, adapter_reading, choose_mode
 
     try:
         system = load_adapter(adapter, spec=spec_file)
@@ -267,7 +284,11 @@ def _check_own_worker(
     use_server(database_url)
     examples, failures = STATISTICS.examples, STATISTICS.failures
     try:
-        with deferred_ctrl_c(), without_seed_advice():
+        with (
+            deferred_ctrl_c(),
+            without_seed_advice(),
+            Progress("check", adapter_reading(), mode=choose_mode(progress)),
+        ):
             report = run(machine, profile=profile, seed=seed, max_examples=max_examples)
     except KeyboardInterrupt:  # the server, if embedded, is stopped at exit
         again = "check again" if seed is None else f"check --seed {seed} again"
@@ -328,6 +349,7 @@ def _check_own_worker(
     help="Run the mutants (--no-catalog: only the control, the unmodified package).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@_PROGRESS
 def mutants(
     database_url: str | None,
     only: tuple[str, ...],
@@ -338,6 +360,7 @@ def mutants(
     shrink_seconds: float,
     catalog: bool,
     as_json: bool,
+    progress: bool,
 ) -> None:
     """Prove the checker bites: run it, and two baselines, against a catalog of bugs.
 
@@ -352,11 +375,14 @@ def mutants(
     from pipeline_models.mutants.runner import (
         MutantReport,
         RunOptions,
+        campaign_layers,
+        control_tasks,
         format_control,
         format_report,
         run_campaign,
         to_json,
     )
+    from pipeline_models.progress import MutantsTally, Progress, choose_mode
 
     chosen_sides = list(sides)
     unknown = [name for name in only if name not in BY_NAME]
@@ -366,11 +392,27 @@ def mutants(
         )
     chosen = ([BY_NAME[name] for name in only] if only else list(CATALOG)) if catalog else []
 
+    tally = MutantsTally(len(control_tasks(campaign_layers(chosen), chosen_sides)), len(chosen))
+    shown = Progress("mutants", tally.reading, mode=choose_mode(progress))
+
     def say(text: str) -> None:
         if not as_json:
-            click.echo(text, err=True)
+            shown.echo(text)  # on stderr, above the progress line on a terminal
 
     finished: list[MutantReport] = []
+
+    def controlled(report: MutantReport) -> None:
+        tally.finished(report, control=True)
+
+    def result(report: MutantReport) -> None:
+        finished.append(report)
+        tally.finished(report, control=False)
+        if report.killed_by("checker"):
+            verdict = "killed"
+        else:  # a child that failed (Ctrl-C reaches them too) did not run
+            verdict = "did not run" if report.error else "survived"
+        say(f"  {report.name}: {verdict}")
+
     try:
         with Database.from_environment(database_url) as database:
             options = RunOptions(
@@ -385,16 +427,10 @@ def mutants(
                 f"{jobs} processes, {database.display_url}"
             )
             say("  first the control: the unmodified package, every round")
-
-            def progress(report: MutantReport) -> None:
-                finished.append(report)
-                if report.killed_by("checker"):
-                    verdict = "killed"
-                else:  # a child that failed (Ctrl-C reaches them too) did not run
-                    verdict = "did not run" if report.error else "survived"
-                say(f"  {report.name}: {verdict}")
-
-            campaign = run_campaign(chosen, options, jobs=jobs, on_result=progress)
+            with shown:
+                campaign = run_campaign(
+                    chosen, options, jobs=jobs, on_result=result, on_control=controlled
+                )
     except KeyboardInterrupt:
         _stopped(
             f"STOPPED by Ctrl-C after {len(finished)} of {len(chosen)} mutants (the control "
@@ -471,6 +507,7 @@ _EXAMPLE_DATABASE = click.option(
     help="Where the repro files of failures go.",
 )
 @click.option("--keep-going", is_flag=True, help="Fuzz for the whole budget even after a failure.")
+@_PROGRESS
 def fuzz(
     database_url: str | None,
     example_database: str | None,
@@ -480,6 +517,7 @@ def fuzz(
     mutant: str | None,
     repro_dir: Path,
     keep_going: bool,
+    progress: bool,
 ) -> None:
     """A long fuzz session over the state machines, on HypoFuzz, with the fuzz profile.
 
@@ -489,6 +527,7 @@ def fuzz(
     """
     from pipeline_models.fuzz import MACHINE_NAMES, FuzzOptions, FuzzReport, run_fuzz
     from pipeline_models.interrupts import Interrupted
+    from pipeline_models.progress import Progress, Reading, choose_mode, fuzz_reading
 
     options = FuzzOptions(
         minutes=minutes,
@@ -500,26 +539,18 @@ def fuzz(
         repro_directory=repro_dir,
         stop_at_first_failure=not keep_going,
     )
-    live = sys.stderr.isatty()
-    printed = [0]
+    latest: list[FuzzReport] = []  # the session's last reading of its workers
 
-    def progress(report: FuzzReport) -> None:
-        if live:
-            click.echo("\r" + report.progress().ljust(110), nl=False, err=True)
-        elif int(report.seconds) // 30 > printed[0]:  # a line every 30 s in a log
-            printed[0] = int(report.seconds) // 30
-            click.echo(report.progress(), err=True)
+    def read() -> Reading:
+        return fuzz_reading(latest[-1] if latest else None)
 
     try:
-        report = run_fuzz(options, on_progress=progress)
+        with Progress("fuzz", read, mode=choose_mode(progress)):
+            report = run_fuzz(options, on_progress=latest.append)
     except Interrupted as stop:
-        if live:
-            click.echo("", err=True)
         _stopped(stop.report.render())
     except (RuntimeError, ValueError) as error:
         raise click.ClickException(str(error)) from None
-    if live:
-        click.echo("", err=True)
     click.echo(report.render())
     sys.exit(0 if report.ok else 1)
 
@@ -556,6 +587,7 @@ def fuzz(
     help="Instead: replay this repro file with the debug profile, printing every step.",
 )
 @_DATABASE_URL
+@_PROGRESS
 def repro(
     example_database: str | None,
     out: Path,
@@ -564,6 +596,7 @@ def repro(
     shrink_seconds: float,
     run_file: Path | None,
     database_url: str | None,
+    progress: bool,
 ) -> None:
     """Turn each failure in the example database into a standalone pytest file.
 
@@ -574,13 +607,20 @@ def repro(
     from pipeline_models.database import Database
     from pipeline_models.examples_database import example_database as open_database
     from pipeline_models.interrupts import deferred_ctrl_c, without_seed_advice
+    from pipeline_models.progress import Progress, ReproTally, choose_mode
     from pipeline_models.repro import MACHINES, run_repro_file, write_repro_files
 
     written: list[Path] = []
+    tally = ReproTally()
+    shown = Progress("repro", tally.reading, mode=choose_mode(progress))
 
     def wrote(path: Path) -> None:
         written.append(path)
-        click.echo(f"wrote {path}")
+        tally.written += 1
+        shown.echo(f"wrote {path}", err=False)  # on stdout, above the progress line
+
+    def replaying(number: int, failures: int) -> None:
+        tally.replaying, tally.failures = number, failures
 
     try:
         with (
@@ -595,14 +635,17 @@ def repro(
             if run_file is not None:
                 failure = run_repro_file(run_file, echo=click.echo)
                 sys.exit(1 if failure is not None else 0)
-            write_repro_files(
-                open_database(example_database),
-                out,
-                machine_names=machine_names or tuple(MACHINES),
-                label=label,
-                shrink_seconds=shrink_seconds,
-                on_written=wrote,
-            )
+            # (A replay of one file prints every step: that is its progress.)
+            with shown:
+                write_repro_files(
+                    open_database(example_database),
+                    out,
+                    machine_names=machine_names or tuple(MACHINES),
+                    label=label,
+                    shrink_seconds=shrink_seconds,
+                    on_written=wrote,
+                    on_replay=replaying,
+                )
     except KeyboardInterrupt:
         if run_file is not None:
             _stopped(f"STOPPED by Ctrl-C: the replay of {run_file} did not finish")

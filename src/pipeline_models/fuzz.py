@@ -118,16 +118,6 @@ class FuzzReport:
     def covered(self) -> list[TransitionKind]:
         return [kind for kind in self.transitions() if self.counts.transitions[kind.value]]
 
-    def progress(self) -> str:
-        rate = self.counts.examples / self.seconds if self.seconds else 0.0
-        steps = self.steps / self.seconds if self.seconds else 0.0
-        return (
-            f"{self.seconds:5.0f} s  {self.counts.examples} examples ({rate:.1f}/s), "
-            f"{steps:.0f} steps/s, transitions {len(self.covered())}/{len(self.transitions())}, "
-            f"{len(self.counts.edges)} edges, {len(self.counts.events)} behaviours, "
-            f"failures {sum(self.failures.values())}"
-        )
-
     def render(self) -> str:
         from pipeline_models.machines import DRAIN_TRANSITIONS
 

@@ -198,40 +198,44 @@ def write_repro_files(
     label: str = "fuzz",
     shrink_seconds: float = 60,
     on_written: Callable[[Path], None] | None = None,
+    on_replay: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """One test file in ``directory`` per distinct failure saved for each machine (shrunk
     first, and saved back shrunk, so that a replaying run gets the short one); their paths.
-    ``on_written`` hears of each file as soon as it is written.
+    ``on_written`` hears of each file as soon as it is written; ``on_replay`` of each
+    saved failure (its number, from 1, and how many there are) before it is replayed.
     """
     register_profiles()
     logging.getLogger("pipeline_models.worker").setLevel(logging.CRITICAL)
     written: list[Path] = []
     directory.mkdir(parents=True, exist_ok=True)
+    failures = []
     for name in machine_names:
         machine = MACHINES[name]
         key = machine_database_key(machine)
         # Shrunk failures, then those a fuzzer saved before shrinking them.
         saved = [*sorted(database.fetch(key)), *sorted(database.fetch(key + b".secondary"))]
-        for choices in saved:
-            try:
-                program, error, shrunk = replay_program(
-                    machine, choices, shrink_seconds=shrink_seconds
-                )
-            except ReplayFailed:
-                continue
-            if not program:
-                continue
-            database.save(key, shrunk)  # a no-op on a read-only database
-            text = render_test_file(machine, program, error, label=label)
-            test_name = re.search(r"^def (test_\w+)\(", text, re.M)
-            assert test_name is not None
-            path = directory / f"{test_name.group(1)}.py"
-            if path not in written:
-                path.write_text(text)
-                _format(path)
-                written.append(path)
-                if on_written is not None:
-                    on_written(path)
+        failures += [(machine, key, choices) for choices in saved]
+    for number, (machine, key, choices) in enumerate(failures, start=1):
+        if on_replay is not None:
+            on_replay(number, len(failures))
+        try:
+            program, error, shrunk = replay_program(machine, choices, shrink_seconds=shrink_seconds)
+        except ReplayFailed:
+            continue
+        if not program:
+            continue
+        database.save(key, shrunk)  # a no-op on a read-only database
+        text = render_test_file(machine, program, error, label=label)
+        test_name = re.search(r"^def (test_\w+)\(", text, re.M)
+        assert test_name is not None
+        path = directory / f"{test_name.group(1)}.py"
+        if path not in written:
+            path.write_text(text)
+            _format(path)
+            written.append(path)
+            if on_written is not None:
+                on_written(path)
     return written
 
 

@@ -191,31 +191,47 @@ def run_mutants(
         return list(pool.map(run_one, mutants))
 
 
+def control_tasks(layers: Sequence[str], sides: Sequence[str]) -> list[tuple[str, str]]:
+    """The control's parts: one process per layer and side, the example suite (which
+    does not depend on the layer) once.
+
+    >>> control_tasks(["pipeline", "queue"], ["checker", "examples"])
+    [('pipeline', 'checker'), ('pipeline', 'examples'), ('queue', 'checker')]
+    """
+    return [
+        (layer, side)
+        for layer in layers
+        for side in sides
+        if side != "examples" or layer == layers[0]
+    ]
+
+
+def campaign_layers(mutants: Sequence[Mutant]) -> list[str]:
+    """The layers the mutants use (both when there are none), the pipeline first."""
+    return sorted({m.machine for m in mutants} or {"pipeline", "queue"}, key="pipeline".__ne__)
+
+
 def run_control(
     layers: Sequence[str],
     options: RunOptions,
     *,
     jobs: int = 2,
     system: Mutant = UNMODIFIED,
+    on_result: Callable[[MutantReport], None] | None = None,
 ) -> list[MutantReport]:
     """The control: ``system`` (the unmodified package) on the mutants' very schedule,
-    every round run to its end, one process per layer and side (the example suite does
-    not depend on the layer and runs once). ``system`` is a parameter so that a test can
-    hand the runner a control that fails."""
+    every round run to its end, one process per layer and side (:func:`control_tasks`).
+    ``system`` is a parameter so that a test can hand the runner a control that fails.
+    ``on_result`` hears of each part as soon as it is done."""
     schemas = _schema_slots(jobs)
-    tasks = [
-        (layer, side)
-        for layer in layers
-        for side in options.sides
-        if side != "examples" or layer == layers[0]
-    ]
+    tasks = control_tasks(layers, options.sides)
 
     def run_one(task: tuple[str, str]) -> MutantReport:
         layer, side = task
         results, error = _planted_run(
             system, options, schemas, layer=layer, sides=[side], every_round=True
         )
-        return MutantReport(
+        report = MutantReport(
             f"{system.name}, {layer} layer, {SIDE_TITLES[side]}",
             system.kind,
             system.bug,
@@ -223,6 +239,9 @@ def run_control(
             {result.side: result for result in results},
             error,
         )
+        if on_result is not None:
+            on_result(report)
+        return report
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(run_one, tasks))
@@ -270,12 +289,14 @@ def run_campaign(
     jobs: int = 2,
     control_system: Mutant = UNMODIFIED,
     on_result: Callable[[MutantReport], None] | None = None,
+    on_control: Callable[[MutantReport], None] | None = None,
 ) -> Campaign:
     """Run the control on every layer the mutants use (both when there are none), then,
     only if it passed every round, the mutants: a kill in a round the control failed
-    would be the checker's false alarm counted as a kill."""
-    layers = sorted({m.machine for m in mutants} or {"pipeline", "queue"}, key="pipeline".__ne__)
-    control = run_control(layers, options, jobs=jobs, system=control_system)
+    would be the checker's false alarm counted as a kill. ``on_control`` and
+    ``on_result`` hear of each part of the control, and of each mutant, once done."""
+    layers = campaign_layers(mutants)
+    control = run_control(layers, options, jobs=jobs, system=control_system, on_result=on_control)
     failures = control_failures(control)
     reports = [] if failures else run_mutants(mutants, options, jobs=jobs, on_result=on_result)
     return Campaign(options, control, failures, reports)
@@ -412,7 +433,9 @@ __all__ = [
     "Campaign",
     "MutantReport",
     "RunOptions",
+    "campaign_layers",
     "control_failures",
+    "control_tasks",
     "describe_schedule",
     "format_control",
     "format_report",
