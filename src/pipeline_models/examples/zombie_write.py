@@ -3,9 +3,9 @@
 The reference worker with one bug: its completion checks that the job is still being
 worked on, but not that *this* worker still holds it with a live lease (the catalog's
 ``completion-without-owner-check``). The search finds it (``pipeline-models mutants``,
-``tests/stateful/test_bugs_are_caught.py``); this file is the program it shrinks to,
-written as ``pipeline-models repro`` writes one, so that it replays the same way every
-time. Watch every step and the job rows it changed::
+``tests/stateful/test_bugs_are_caught.py``); this file is the story it finds, written as
+``pipeline-models repro`` writes a failure, so that it replays the same way every time.
+Watch every step and the job rows it changed::
 
     pipeline-models repro --run src/pipeline_models/examples/zombie_write.py
 """
