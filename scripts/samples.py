@@ -12,7 +12,10 @@ marker that names the command producing it:
 Flags may stand between ``sample`` and the colon, separated by spaces:
 
 - ``exit=N``: the exit status the command must end with (default 0);
-- ``stderr``: what the command writes on stderr is part of the sample;
+- ``stderr``: what the command writes on stderr is part of the sample, except the
+  progress lines of ``check``, ``mutants``, ``fuzz`` and ``repro``
+  (``pipeline_models.progress``: how many a run prints, and what they say, depend on
+  its timing; on a terminal the line is erased when the report comes);
 - ``slow``: rerun only with ``--slow`` (the full regeneration);
 - ``findings``: only the findings' first lines are compared (``N. [invariant] ...``,
   without worker names and job numbers), for a search bounded by time (Hypothesis
@@ -55,6 +58,12 @@ DOCUMENTS = ("README.md", "docs")
 MARKER = re.compile(r"^<!-- (sample|record)((?: [a-z]+(?:=\d+)?)*): (.+?) -->\s*$")
 FENCE = re.compile(r"^(```+|~~~+)[\w-]*\s*$")
 FLAGS = {"exit", "stderr", "slow", "findings"}
+# A plain progress line on stderr (pipeline_models.progress.render, and its last line's
+# ending): "check: 23 examples, 153 rules/s, transitions 13 of 13, 10 s; done".
+PROGRESS = re.compile(
+    r"^(?:check|mutants|fuzz|repro): .*\b\d+ s"
+    r"(?:; (?:done|stopped by Ctrl-C|ended by an error))?$"
+)
 TIMEOUT = 900
 
 
@@ -228,6 +237,8 @@ def run_command(block: Block, database_url: str | None) -> Run:
     )
     seconds = time.perf_counter() - started
     output = [line.rstrip() for line in done.stdout.splitlines()]
+    if "stderr" in block.flags:
+        output = [line for line in output if not PROGRESS.match(line)]
     while output and not output[-1]:
         output.pop()
     return Run(output, done.returncode, seconds, done.stderr or "")

@@ -143,6 +143,25 @@ def test_a_block_that_differs_from_a_fresh_run_is_caught() -> None:
     assert findings == ["[attempts] y (job ?)", "[fencing] w? wrote a job (job ?)"]
 
 
+def test_a_stderr_sample_leaves_out_the_progress_lines_and_nothing_else() -> None:
+    from pipeline_models.progress import Reading, render
+
+    progress = [
+        render("check", Reading(23, 1530, (13, 13)), 10.2, rate=153.0),
+        render("check", Reading(0, 0, (0, 13)), 0.4, rate=0.0) + "; ended by an error",
+        render("mutants", Reading(detail="control 1 of 2 done"), 75) + "; stopped by Ctrl-C",
+        render("repro", Reading(3, detail="failure 1 of 1, 1 file written"), 4) + "; done",
+    ]
+    assert all(samples.PROGRESS.match(line) for line in progress)
+    report = [
+        "pipeline-models check: pipeline machine, profile dev, seed 3, embedded Postgres",
+        "10 examples, 600 rules, 477 worker steps in 3.7 s: 129 steps/s, 162 rules/s",
+        "Error: nothing accepts connections at 'postgresql://u:***@127.0.0.1:1/x'",
+        "OK: no invariant failed",
+    ]
+    assert not any(samples.PROGRESS.match(line) for line in report)
+
+
 QUICK = [b for b in BLOCKS if b.kind == "sample" and not b.slow]
 
 
