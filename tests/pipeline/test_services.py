@@ -198,7 +198,7 @@ async def test_the_json_result_is_never_held_whole() -> None:
         (b'{"markdown": "# A", "job_metadata": {"job_pages": 1}', "truncated body"),
         (b'{"markdown": "# \xff", "job_metadata": {"job_pages": 1}}', "not valid UTF-8 at byte 16"),
         (b'{"job_metadata": {"job_pages": 1}} trailing', "unexpected data after"),
-        (b'{"job_metadata": {"job_pages": NaN}}', "expected a value"),
+        (b'{"job_metadata": {"job_pages": NaN}}', "malformed JSON"),
         (b'{"job_metadata": [1]}', "job_metadata.job_pages is None"),
         (b'{"job_metadata": {}}', "job_metadata.job_pages is None"),
         (b'{"job_metadata": {"job_pages": "3"}}', "job_metadata.job_pages is '3'"),

@@ -3,6 +3,7 @@ top-level member json.loads would, and it rejects what strict JSON rejects."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections.abc import Sequence
@@ -21,8 +22,9 @@ json_scalars = (
     | st.booleans()
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
-    # Quotes, backslashes, controls and non-BMP characters are what escapes are for.
-    | st.text(st.sampled_from('"\\/\b\f\n\r\t\x00\x1f é€😀') | st.characters())
+    # Quotes, backslashes, controls and non-BMP characters are what escapes are for. No
+    # lone surrogates (codec="utf-8"): see unpaired_surrogates.
+    | st.text(st.sampled_from('"\\/\b\f\n\r\t\x00\x1f é€😀') | st.characters(codec="utf-8"))
 )
 json_values = st.recursive(
     json_scalars,
@@ -75,6 +77,18 @@ def strict_json(body: bytes) -> Any:
         raise ValueError(f"not JSON: {constant}")
 
     return json.loads(body.decode("utf-8"), parse_constant=reject)
+
+
+def unpaired_surrogates(value: Any) -> bool:
+    """Whether ``value`` holds a lone surrogate, as json.loads reads an unpaired
+    \\ud800-\\udfff escape. yajl, ijson's C backend, reads such an escape as '?', pairs
+    it with the next \\u escape, or refuses it; RFC 8259 leaves the string undefined and
+    I-JSON forbids it, so no value is expected of the scanner for such a body."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 @given(st.data())
@@ -131,6 +145,10 @@ def test_a_damaged_body_is_read_as_strict_json_reads_it(data: st.DataObject) -> 
         with pytest.raises(JsonMemberError):
             scan(data.draw(splits(damaged)))
         return
+    if unpaired_surrogates(expected):
+        with contextlib.suppress(JsonMemberError):
+            scan(data.draw(splits(damaged)))  # any value, or JsonMemberError, but no crash
+        return
     if isinstance(expected, dict) and MEMBER in expected:
         assert scan(data.draw(splits(damaged))) == expected[MEMBER]
     else:
@@ -148,6 +166,10 @@ def test_a_repeated_member_reads_as_its_last_occurrence(
     assert scan(data.draw(splits(body))) == json.loads(body)[MEMBER] == values[-1]
 
 
+# A grammar error: by which byte, and the parser's reason in brackets (ijson's words).
+MALFORMED = r"malformed JSON before byte \d+ \(.+\)$"
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -158,28 +180,36 @@ def test_a_repeated_member_reads_as_its_last_occurrence(
         (b"\xef\xbb\xbf{}", "not a JSON object"),  # RFC 8259: no byte order mark
         (b'{"job_metadata": 1', "truncated body"),
         (b'{"job_metadata": {"job_pages": 1}', "truncated body: .* at depth 1"),
-        (b'{"markdown": "# A', "truncated body: .* the end of a string"),
-        (b'{"markdown": "\\u00', "truncated body: .* hex digits"),
-        (b'{"job_metadata": 1}}', "unexpected data after the top-level object at byte 19"),
+        (b'{"markdown": "# A', "truncated body: .* at depth 1"),
+        (b'{"markdown": "\\u00', "truncated body: .* at depth 1"),
+        (b'{"job_metadata": 1}}', "unexpected data after the top-level object"),
         (b'{"job_metadata": 1} {}', "unexpected data after"),
+        # yajl itself lets a string left open after the object pass.
+        (b'{"job_metadata": 1} "a', "unexpected data after the top-level object at byte 20"),
+        (b'{"job_metadata": 1} "a}', "unexpected data after the top-level object"),
         (b'{"markdown": "caf\xe9"}', "not valid UTF-8 at byte 17"),
         (b'{"markdown": "caf\xc3', "not valid UTF-8"),
-        (b'{"job_metadata": NaN}', "expected a value at byte 17"),
-        (b'{"job_metadata": -Infinity}', "expected the rest of a number"),
-        (b'{"job_metadata": 01}', "expected ','"),
-        (b'{"job_metadata": [1,]}', "expected a value"),
-        (b'{"job_metadata": 1,}', "expected a key at byte 19"),
-        (b'{"job_metadata": {"a" 1}}', "expected ':'"),
-        (b'{"job_metadata": {,}}', "expected a key or '}'"),
-        (b'{"markdown": "\\x"}', "expected an escape sequence at byte 15"),
-        (b'{"markdown": "\\u12G4"}', "hex digits"),
-        (b'{"markdown": "tab\there"}', "unescaped control character"),
-        (b'{"job_metadata": trve}', "the rest of true, false or null"),
-        (b'{"pages": [1, 2}', "expected ','"),
+        (b'{"job_metadata": NaN}', MALFORMED),
+        (b'{"job_metadata": -Infinity}', MALFORMED),
+        (b'{"job_metadata": 01}', MALFORMED),
+        (b'{"job_metadata": [1,]}', MALFORMED),
+        (b'{"job_metadata": 1,}', MALFORMED),
+        (b'{"job_metadata": {"a" 1}}', MALFORMED),
+        (b'{"job_metadata": {,}}', MALFORMED),
+        (b'{"markdown": "\\x"}', MALFORMED),
+        (b'{"markdown": "\\u12G4"}', MALFORMED),
+        (b'{"markdown": "tab\there"}', MALFORMED),
+        (b'{"markdown": "tab\vhere"}', "vertical tab at byte 17"),
+        (b'{"job_metadata":\f1}', "form feed at byte 16"),  # yajl's whitespace, not JSON's
+        (b'{"job_metadata": trve}', MALFORMED),
+        (b'{"pages": [1, 2}', MALFORMED),
         (b'{"pages": 1}', "no top-level member 'job_metadata'"),
         (b"{}", "no top-level member 'job_metadata'"),
         (b'{"job_metadata": ' + b"[" * 300 + b"]" * 300 + b"}", "nested deeper than 256"),
         (b'{"job_metadata": ' + b"1" * 5000 + b"}", "cannot be decoded"),
+        # An integer past Python's 4,300 digits crashed a callback of ijson's C backend.
+        (b'{"pages": ' + b"1" * 5000 + b', "job_metadata": 1}', "cannot be decoded"),
+        (b'{"job_metadata": ' + b"1" * 5000, "cannot be decoded"),
     ],
 )
 def test_a_malformed_body_is_a_value_error_that_says_what_is_wrong(

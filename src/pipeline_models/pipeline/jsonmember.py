@@ -4,17 +4,25 @@ Why this exists: the parser's JSON result (``GET .../result/markdown``) carries 
 whole markdown of a document, megabytes for a large one, next to a small
 ``job_metadata`` object with the pages billed. The worker needs only that object, but
 ``response.json()`` would hold the raw body, its decoded text and the parsed markdown
-at once. :class:`JsonMemberScanner` is fed the body piece by piece, walks the JSON
-grammar as a push state machine, skips every string it does not need without copying
-it, and keeps only the bytes of the wanted top-level member's value, which it decodes
-with :func:`json.loads` at the end. Its memory is bounded by the chunk size, the
-nesting depth and the size of that one value, whatever the size of the body.
+at once. :class:`JsonMemberScanner` is fed the body piece by piece and pushes it into
+ijson's event parser (its ``yajl2_c`` backend, which the ijson wheels bundle; failing
+that, whichever backend ijson finds, or the one ``IJSON_BACKEND`` names). Only the
+events of the wanted top-level member's value are built into Python objects; every
+other value is dropped as its events go by.
 
-It validates the whole body as strict JSON (RFC 8259): UTF-8, one top-level object, no
-``NaN``/``Infinity``, nothing but whitespace after the object. So a truncated or garbled
+Memory: the member's value, plus the largest single token of the body. ijson (yajl)
+does not stream inside a token, so each string, the long markdown included, is held
+whole, once as bytes in yajl's buffer and once as the ``str`` of its event, before it is
+dropped. A container is never held unless it is the member.
+
+It reads the body as strict JSON (RFC 8259): UTF-8, one top-level object, no
+``NaN``/``Infinity``, nothing but whitespace after the object, so a truncated or garbled
 body is noticed even when the member came before the damage. When the member occurs
 more than once the last occurrence wins, as with :func:`json.loads`. A member of the
-same name inside a nested value is not the top-level member and is ignored.
+same name inside a nested value is not the top-level member and is ignored. One
+difference from :func:`json.loads`, yajl's: an unpaired surrogate escape (``"\\ud800"``,
+which RFC 8259 leaves undefined and I-JSON forbids) is refused, or read as ``'?'``, or
+paired with the next ``\\u`` escape, where :func:`json.loads` keeps a lone surrogate.
 
 >>> scanner = JsonMemberScanner("job_metadata")
 >>> for piece in (b'{"markdown": "# A\\\\n", "job_meta', b'data": {"job_pages": 2}}'):
@@ -26,66 +34,30 @@ same name inside a nested value is not the top-level member and is ignored.
 from __future__ import annotations
 
 import codecs
-import enum
-import json
-import re
+import contextlib
+from decimal import Decimal
 from typing import Any, Final, NoReturn
+
+import ijson
 
 __all__ = ["JsonMemberError", "JsonMemberScanner", "read_member"]
 
-_WHITESPACE: Final = re.compile(rb"[ \t\n\r]*+")
-# The body of a string up to its closing quote: any run of plain bytes (UTF-8 is checked
-# separately) and complete valid escapes. It stops at the closing quote, at a control
-# character, at an invalid escape, and at an escape cut off by the end of the chunk;
-# the state machine takes over there, one byte at a time.
-_STRING_BODY: Final = re.compile(rb'(?:[^"\\\x00-\x1f]++|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*+')
-_DIGITS: Final = re.compile(rb"[0-9]*+")
-_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
-_SIMPLE_ESCAPES: Final = frozenset(b'"\\/bfnrt')
-_DIGIT: Final = frozenset(b"0123456789")
-_LITERALS: Final = {ord("t"): b"true", ord("f"): b"false", ord("n"): b"null"}
-_OPEN_OBJECT, _CLOSE_OBJECT = ord("{"), ord("}")
-_OPEN_ARRAY, _CLOSE_ARRAY = ord("["), ord("]")
-_QUOTE, _BACKSLASH, _COLON, _COMMA, _MINUS = (ord(c) for c in '"\\:,-')
+_MISSING: Final = object()
+_WHITESPACE: Final = b" \t\n\r"  # JSON's; yajl's has \v and \f too
+_OPENS: Final = frozenset({"start_map", "start_array"})
+_CLOSES: Final = frozenset({"end_map", "end_array"})
+# What a top-level value other than an object is, for the error that refuses it.
+_NOT_AN_OBJECT: Final = {
+    "start_array": "an array",
+    "string": "a string",
+    "number": "a number",
+    "boolean": "a boolean",
+    "null": "null",
+}
 
 
 class JsonMemberError(ValueError):
     """The body is not a JSON object with the wanted top-level member."""
-
-
-class _State(enum.Enum):
-    """Where the scanner is in the grammar; each names what it expects next."""
-
-    START = "the top-level object"
-    OBJECT_OPEN = "a key or '}'"
-    OBJECT_KEY = "a key"
-    COLON = "':'"
-    ARRAY_OPEN = "a value or ']'"
-    VALUE = "a value"
-    AFTER_VALUE = "',' or the end of the enclosing object or array"
-    STRING = "the end of a string"
-    ESCAPE = "an escape sequence"
-    UNICODE = "the hex digits of a \\u escape"
-    NUMBER = "the rest of a number"
-    LITERAL = "the rest of true, false or null"
-    END = "nothing but whitespace"
-
-
-class _Number(enum.Enum):
-    """Positions inside a number, by the grammar -?(0|[1-9]d*)(.d+)?([eE][+-]?d+)?."""
-
-    MINUS = enum.auto()  # after '-': a digit must follow
-    ZERO = enum.auto()  # a leading 0: '.', 'e' or the end
-    INTEGER = enum.auto()  # in [1-9]d*
-    POINT = enum.auto()  # after '.': a digit must follow
-    FRACTION = enum.auto()
-    EXPONENT_MARK = enum.auto()  # after 'e': a sign or a digit
-    EXPONENT_SIGN = enum.auto()  # a digit must follow
-    EXPONENT = enum.auto()
-
-
-_NUMBER_ENDS: Final = frozenset({_Number.ZERO, _Number.INTEGER, _Number.FRACTION, _Number.EXPONENT})
-_NUMBER_DIGIT_RUNS: Final = frozenset({_Number.INTEGER, _Number.FRACTION, _Number.EXPONENT})
 
 
 class JsonMemberScanner:
@@ -94,11 +66,10 @@ class JsonMemberScanner:
     Feed the body with :meth:`feed` in pieces of any size, split anywhere (inside a
     key, an escape or a UTF-8 sequence), then call :meth:`finish` for the member's
     decoded value. Any problem raises :class:`JsonMemberError` (a ``ValueError``)
-    saying what and at which byte; after an error the scanner stays failed.
+    saying what and where; after an error the scanner stays failed.
 
-    ``max_member_bytes`` bounds the bytes kept for the member's value and
-    ``max_depth`` the nesting of objects and arrays, so that no body, however large
-    or hostile, makes the scanner hold more than that.
+    ``max_member_bytes`` bounds the member's value (counted about as its compact JSON
+    would be, from the events) and ``max_depth`` the nesting of objects and arrays.
 
     >>> scanner = JsonMemberScanner("m")
     >>> scanner.feed(b'{"x": {"m": 1}, "m": [true, "\\\\u00e9"]}')
@@ -120,28 +91,27 @@ class JsonMemberScanner:
         self.member = member
         self.max_member_bytes = max_member_bytes
         self.max_depth = max_depth
-        # A key longer than this, escaped, cannot decode to the member: at most 12 bytes
-        # (a surrogate pair of \u escapes) stand for one character.
-        self._max_key_bytes = 12 * len(member)
+        # yajl checks UTF-8 inside strings only, and lets some bad sequences through;
+        # the codec checks every byte and says where the first bad one is.
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="strict")
-        self._state = _State.START
-        self._stack = bytearray()  # b"{" or b"[" for each open container
+        # ijson appends the events of each piece to a list, which is read after the
+        # piece. Not a Python callback per event: yajl2_c sends an integer of more than
+        # 4,300 digits (Python's limit) as a NULL value with the ValueError pending,
+        # which crashes the interpreter in a Python callback; list.append turns it into
+        # a SystemError, and the list is then never read.
+        self._events = ijson.sendable_list()
+        self._parser: Any = ijson.basic_parse_coro(self._events)
         self._offset = 0  # bytes fed before the current chunk
-        self._in_key = False  # the current string is an object key
-        self._hex_left = 0  # hex digits still due in a \u escape
-        self._number = _Number.MINUS
-        self._literal = b""
-        self._literal_matched = 0
-        self._key: bytearray | None = None  # raw bytes of a top-level key being read
-        self._key_start = 0
+        self._any_data = False  # a byte other than whitespace was fed
+        self._depth = 0  # open objects and arrays; the top-level object is depth 1
+        self._started = False  # the top-level object has opened
+        self._ended = False  # ... and closed
         self._key_matches = False  # the last top-level key read was the member
-        self._capture: bytearray | None = None  # the member's value being read
-        self._capture_start = 0
-        self._value: bytes | None = None  # the member's value, once complete
+        self._builder: ijson.ObjectBuilder | None = None  # the member's value being built
+        self._size = 0
+        self._value: Any = _MISSING
         self._error: JsonMemberError | None = None
         self._finished = False
-
-    # -- public API -------------------------------------------------------------------
 
     def feed(self, chunk: bytes) -> None:
         """Scan the next piece of the body; :class:`JsonMemberError` if it is wrong."""
@@ -149,13 +119,39 @@ class JsonMemberScanner:
             raise self._error
         if self._finished:
             raise JsonMemberError("feed() after finish()")
+        if not chunk:
+            return  # ijson would take an empty piece for the end of the body
         chunk = bytes(chunk)
         pending = len(self._utf8.getstate()[0])
         try:
             self._utf8.decode(chunk)
         except UnicodeDecodeError as error:
             self._fail(f"not valid UTF-8 at byte {self._offset - pending + error.start}")
-        self._scan(chunk)
+        # yajl takes a vertical tab or a form feed for whitespace; JSON allows neither
+        # between tokens, nor raw inside a string, so such a byte is wrong anywhere.
+        for byte, name in ((b"\v", "vertical tab"), (b"\f", "form feed")):
+            if (at := chunk.find(byte)) >= 0:
+                self._fail(f"not JSON: a {name} at byte {self._offset + at}")
+        if not self._any_data:
+            self._any_data = bool(chunk.strip(_WHITESPACE))
+        if self._ended:
+            self._expect_whitespace(chunk, 0)
+        elif (brace := chunk.rfind(b"}")) < 0:
+            self._push(chunk, self._offset)
+        else:
+            # yajl says nothing of a string left open after the top-level object
+            # (b'{} "abc}'), so the last '}' of a piece goes to it alone: if the object
+            # ends there, what follows is checked here; if it ended before, that '}' is
+            # past its end.
+            if self._push(chunk[:brace], self._offset):
+                self._fail(
+                    "unexpected data after the top-level object: "
+                    f"byte {self._offset + brace} is past its end"
+                )
+            if self._push(chunk[brace : brace + 1], self._offset + brace):
+                self._expect_whitespace(chunk, brace + 1)
+            else:
+                self._push(chunk[brace + 1 :], self._offset + brace + 1)
         self._offset += len(chunk)
 
     def finish(self) -> Any:
@@ -167,227 +163,110 @@ class JsonMemberScanner:
             self._utf8.decode(b"", final=True)
         except UnicodeDecodeError:
             self._fail(f"not valid UTF-8: the body ends inside a character at byte {self._offset}")
-        if self._state is _State.START:
-            self._fail("empty body: expected a JSON object")
-        if self._state is not _State.END:
-            where = f"at depth {len(self._stack)}" if self._stack else "at the top level"
-            self._fail(
-                f"truncated body: it ends after {self._offset} bytes {where}, "
-                f"expecting {self._state.value}"
-            )
-        if self._value is None:
+        if not self._ended:
+            self._push(None, self._offset)
+        if self._value is _MISSING:
             self._fail(f"the object has no top-level member {self.member!r}")
-        try:
-            return json.loads(self._value)
-        except (ValueError, RecursionError) as error:  # e.g. an integer of 5,000 digits
-            self._fail(f"member {self.member!r} cannot be decoded: {error}")
-
-    # -- the state machine --------------------------------------------------------------
+        return self._value
 
     def _fail(self, message: str) -> NoReturn:
         self._error = JsonMemberError(message)
+        # Closed now, not when collected: ijson's pure Python parser would then complain
+        # of the unfinished body as an exception nobody can catch.
+        parser, self._parser = self._parser, None
+        with contextlib.suppress(Exception):
+            parser.close()
         raise self._error
 
-    def _unexpected(self, chunk: bytes, at: int) -> NoReturn:
-        found = chunk[at : at + 1]
-        self._fail(f"expected {self._state.value} at byte {self._offset + at}, found {found!r}")
+    def _expect_whitespace(self, chunk: bytes, start: int) -> None:
+        """Only whitespace may follow the top-level object: none of it goes to ijson."""
+        rest = chunk[start:]
+        if stripped := rest.lstrip(_WHITESPACE):
+            at = self._offset + start + len(rest) - len(stripped)
+            self._fail(f"unexpected data after the top-level object at byte {at}")
 
-    def _scan(self, chunk: bytes) -> None:
-        at, end = 0, len(chunk)
-        while at < end:
-            state = self._state
-            if state is _State.STRING:
-                at = _STRING_BODY.match(chunk, at).end()  # type: ignore[union-attr]
-                if at == end:
-                    break
-                byte = chunk[at]
-                if byte == _QUOTE:
-                    self._end_string(chunk, at)
-                elif byte == _BACKSLASH:
-                    self._state = _State.ESCAPE
-                else:
-                    self._fail(
-                        f"unescaped control character in a string at byte {self._offset + at}"
-                    )
-                at += 1
-            elif state is _State.ESCAPE:
-                byte = chunk[at]
-                if byte in _SIMPLE_ESCAPES:
-                    self._state = _State.STRING
-                elif byte == ord("u"):
-                    self._state, self._hex_left = _State.UNICODE, 4
-                else:
-                    self._unexpected(chunk, at)
-                at += 1
-            elif state is _State.UNICODE:
-                if chunk[at] not in _HEX:
-                    self._unexpected(chunk, at)
-                self._hex_left -= 1
-                if not self._hex_left:
-                    self._state = _State.STRING
-                at += 1
-            elif state is _State.NUMBER:
-                at = self._scan_number(chunk, at)
-            elif state is _State.LITERAL:
-                if chunk[at] != self._literal[self._literal_matched]:
-                    self._unexpected(chunk, at)
-                self._literal_matched += 1
-                at += 1
-                if self._literal_matched == len(self._literal):
-                    self._end_value(chunk, at)
+    def _push(self, piece: bytes | None, at: int) -> bool:
+        """Give ijson the piece of the body at byte ``at``, or None for the end; its
+        errors made ours. Whether the top-level object has ended."""
+        if piece == b"":
+            return self._ended  # ijson would take it for the end of the body
+        try:
+            if piece is None:
+                self._parser.close()
             else:
-                at = _WHITESPACE.match(chunk, at).end()  # type: ignore[union-attr]
-                if at < end:
-                    self._structural(chunk, at)
-                    at += 1
-        self._carry_over(chunk)
+                self._parser.send(piece)
+        except ijson.JSONError as error:
+            self._take_events()  # those before the error: they tell where it is
+            reason = str(error).partition("\n")[0].rstrip(".")[:200]  # no copy of the body
+            self._fail(self._describe(piece, at, reason))
+        except UnicodeDecodeError:
+            # The bytes were UTF-8 (checked in feed): yajl2_c made this one by writing an
+            # unpaired \udc00-\udfff escape as UTF-8, which Python refuses to decode.
+            self._fail("a string holds an unpaired surrogate escape")
+        except SystemError as error:  # see __init__; the last event is not to be read
+            if not isinstance(error.__cause__, ValueError):
+                raise
+            self._fail(f"a value cannot be decoded: {error.__cause__}")
+        except ValueError as error:  # the same from the pure Python backend
+            self._fail(f"a value cannot be decoded: {error}")
+        self._take_events()
+        return self._ended
 
-    def _structural(self, chunk: bytes, at: int) -> None:
-        """Take the non-whitespace byte at ``at`` in a state between tokens."""
-        byte, state = chunk[at], self._state
-        if state is _State.START:
-            if byte != _OPEN_OBJECT:
-                self._fail(
-                    f"the body is not a JSON object: it starts with {chunk[at : at + 1]!r} "
-                    f"at byte {self._offset + at}"
-                )
-            self._push(byte, at)
-            self._state = _State.OBJECT_OPEN
-        elif state in (_State.OBJECT_OPEN, _State.OBJECT_KEY):
-            if byte == _QUOTE:
-                self._start_key(at)
-            elif byte == _CLOSE_OBJECT and state is _State.OBJECT_OPEN:
-                self._pop()
-                self._end_value(chunk, at + 1)
-            else:
-                self._unexpected(chunk, at)
-        elif state is _State.COLON:
-            if byte != _COLON:
-                self._unexpected(chunk, at)
-            self._state = _State.VALUE
-        elif state in (_State.VALUE, _State.ARRAY_OPEN):
-            if byte == _CLOSE_ARRAY and state is _State.ARRAY_OPEN:
-                self._pop()
-                self._end_value(chunk, at + 1)
-            else:
-                self._start_value(chunk, at)
-        elif state is _State.AFTER_VALUE:
-            container = self._stack[-1]
-            if byte == _COMMA:
-                self._state = _State.OBJECT_KEY if container == _OPEN_OBJECT else _State.VALUE
-            elif (container, byte) in ((_OPEN_OBJECT, _CLOSE_OBJECT), (_OPEN_ARRAY, _CLOSE_ARRAY)):
-                self._pop()
-                self._end_value(chunk, at + 1)
-            else:
-                self._unexpected(chunk, at)
-        else:  # _State.END
-            self._fail(f"unexpected data after the top-level object at byte {self._offset + at}")
+    def _take_events(self) -> None:
+        for event in self._events:
+            self._event(event)
+        self._events.clear()
 
-    def _start_key(self, at: int) -> None:
-        self._state, self._in_key = _State.STRING, True
-        if len(self._stack) == 1:  # a key of the top-level object
-            self._key, self._key_start = bytearray(), at + 1
-        else:
-            self._key = None
+    def _describe(self, piece: bytes | None, at: int, reason: str) -> str:
+        """What is wrong with the body, given ijson's ``reason`` and where it stopped."""
+        if not self._any_data:
+            return "empty body: expected a JSON object"
+        if not self._started:
+            return f"the body is not a JSON object: {reason}"
+        if piece is None:
+            return f"truncated body: it ends after {at} bytes at depth {self._depth} ({reason})"
+        if self._ended:
+            return f"unexpected data after the top-level object ({reason})"
+        # Where ijson noticed it: the token at fault may have begun in an earlier piece.
+        return f"malformed JSON before byte {at + len(piece)} ({reason})"
 
-    def _start_value(self, chunk: bytes, at: int) -> None:
-        if len(self._stack) == 1 and self._key_matches:
-            self._capture, self._capture_start = bytearray(), at
-            self._key_matches = False
-        byte = chunk[at]
-        if byte in (_OPEN_OBJECT, _OPEN_ARRAY):
-            self._push(byte, at)
-            self._state = _State.OBJECT_OPEN if byte == _OPEN_OBJECT else _State.ARRAY_OPEN
-        elif byte == _QUOTE:
-            self._state, self._in_key = _State.STRING, False
-        elif byte == _MINUS:
-            self._state, self._number = _State.NUMBER, _Number.MINUS
-        elif byte in _DIGIT:
-            self._state = _State.NUMBER
-            self._number = _Number.ZERO if byte == ord("0") else _Number.INTEGER
-        elif byte in _LITERALS:
-            self._state, self._literal, self._literal_matched = _State.LITERAL, _LITERALS[byte], 1
-        else:
-            self._unexpected(chunk, at)
-
-    def _end_string(self, chunk: bytes, at: int) -> None:
-        """The closing quote of a string is at ``at``."""
-        if not self._in_key:
-            self._end_value(chunk, at + 1)
+    def _event(self, event: tuple[str, Any]) -> None:
+        """Take one parsing event; build it into the member's value if it is part of it."""
+        kind, value = event
+        if not self._started:  # the first event: ijson refuses a second top-level value
+            if kind != "start_map":
+                self._fail(f"the body is not a JSON object: it is {_NOT_AN_OBJECT[kind]}")
+            self._started, self._depth = True, 1
             return
-        self._state = _State.COLON
-        self._key_matches = False
-        if self._key is not None:
-            self._key += chunk[self._key_start : at]
-            self._key_matches = self._key_is_member(bytes(self._key))
-            self._key = None
-
-    def _key_is_member(self, raw: bytes) -> bool:
-        if len(raw) > self._max_key_bytes:
-            return False
-        decoded: str = json.loads(b'"' + raw + b'"')  # raw was checked: escapes are valid
-        return decoded == self.member
-
-    def _end_value(self, chunk: bytes, end: int) -> None:
-        """A value ended just before ``end``; close the capture if it was the member."""
-        if len(self._stack) == 1 and self._capture is not None:
-            self._extend_capture(chunk[self._capture_start : end])
-            self._value, self._capture = bytes(self._capture), None
-        self._state = _State.AFTER_VALUE if self._stack else _State.END
-
-    def _scan_number(self, chunk: bytes, at: int) -> int:
-        """Consume number bytes from ``at``; where the scan goes on."""
-        number, byte = self._number, chunk[at]
-        if number in _NUMBER_DIGIT_RUNS and byte in _DIGIT:
-            return _DIGITS.match(chunk, at).end()  # type: ignore[union-attr]
-        digit = byte in _DIGIT
-        following: _Number | None = None
-        if number is _Number.MINUS and digit:
-            following = _Number.ZERO if byte == ord("0") else _Number.INTEGER
-        elif number in (_Number.ZERO, _Number.INTEGER) and byte == ord("."):
-            following = _Number.POINT
-        elif number in (_Number.ZERO, _Number.INTEGER, _Number.FRACTION) and byte in b"eE":
-            following = _Number.EXPONENT_MARK
-        elif number is _Number.POINT and digit:
-            following = _Number.FRACTION
-        elif number is _Number.EXPONENT_MARK and byte in b"+-":
-            following = _Number.EXPONENT_SIGN
-        elif number in (_Number.EXPONENT_MARK, _Number.EXPONENT_SIGN) and digit:
-            following = _Number.EXPONENT
-        if following is not None:
-            self._number = following
-            return at + 1
-        if number not in _NUMBER_ENDS:
-            self._unexpected(chunk, at)
-        self._end_value(chunk, at)  # the byte after the number is read in the next state
-        return at
-
-    def _push(self, byte: int, at: int) -> None:
-        if len(self._stack) >= self.max_depth:
-            self._fail(f"nested deeper than {self.max_depth} levels at byte {self._offset + at}")
-        self._stack.append(byte)
-
-    def _pop(self) -> None:
-        self._stack.pop()
-
-    def _extend_capture(self, piece: bytes) -> None:
-        assert self._capture is not None
-        if len(self._capture) + len(piece) > self.max_member_bytes:
+        if self._depth == 1 and kind == "map_key":
+            self._key_matches = value == self.member
+            return
+        if self._depth == 1 and kind == "end_map":
+            self._ended, self._depth = True, 0
+            return
+        # Any other event belongs to a value: it starts one at depth 1, or is inside one.
+        if self._depth == 1 and self._key_matches:
+            self._builder, self._size, self._key_matches = ijson.ObjectBuilder(), 0, False
+        if kind in _OPENS:
+            self._depth += 1
+            if self._depth > self.max_depth:
+                self._fail(f"nested deeper than {self.max_depth} levels")
+        elif kind in _CLOSES:
+            self._depth -= 1
+        if self._builder is None:
+            return
+        if isinstance(value, Decimal):  # ijson's number with a fraction or an exponent:
+            value = float(value)  # a float, as json.loads reads it (and 1e400 is inf)
+        # About the member's size as compact JSON: a string or key with its quotes and a
+        # separator, any other token as its Python text (None, True, 1.5) and a separator.
+        self._size += len(value) + 3 if isinstance(value, str) else len(str(value)) + 1
+        if self._size > self.max_member_bytes:
             self._fail(
                 f"member {self.member!r} is larger than the {self.max_member_bytes} bytes allowed"
             )
-        self._capture += piece
-
-    def _carry_over(self, chunk: bytes) -> None:
-        """At the end of a chunk, keep what is still being read of a key or the member."""
-        if self._capture is not None:
-            self._extend_capture(chunk[self._capture_start :])
-            self._capture_start = 0
-        if self._key is not None:
-            self._key += chunk[self._key_start :]
-            self._key_start = 0
-            if len(self._key) > self._max_key_bytes:
-                self._key = None  # too long to be the member: stop keeping it
+        self._builder.event(kind, value)
+        if self._depth == 1:  # the member's value is complete
+            self._value, self._builder = self._builder.value, None
 
 
 def read_member(body: bytes, member: str) -> Any:
