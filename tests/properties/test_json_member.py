@@ -55,6 +55,29 @@ def bodies(draw: st.DrawFn, metadata: st.SearchStrategy[Any] = json_values) -> t
     return draw(encodings(dict(members))), value
 
 
+# Strings longer than the scanner's limit (max_member_bytes=LIMIT below), which it cuts
+# short before ijson sees them: quotes, backslashes, controls, 2- to 4-byte characters.
+LIMIT = 1000
+long_texts = st.text(st.sampled_from('"\\\n\x00 aé€😀'), min_size=1, max_size=8).map(
+    lambda text: text * (2 * LIMIT // len(text) + 1)
+)
+small_values = json_values.filter(lambda value: len(json.dumps(value)) < LIMIT // 2)
+
+
+@st.composite
+def bodies_with_long_strings(draw: st.DrawFn) -> tuple[bytes, Any]:
+    """bodies() with long strings as values and keys, at the top and nested."""
+    members = list(draw(other_members).items())
+    for _ in range(draw(st.integers(1, 3))):
+        text = draw(long_texts)
+        value = draw(st.sampled_from([text, [text], {"k": text}, {text: 1}]))
+        key = draw(st.sampled_from(["markdown", text]))
+        members.insert(draw(st.integers(0, len(members))), (key, value))
+    value = draw(small_values)
+    members.insert(draw(st.integers(0, len(members))), (MEMBER, value))
+    return draw(encodings(dict(members))), value
+
+
 @st.composite
 def splits(draw: st.DrawFn, body: bytes) -> list[bytes]:
     """``body`` cut at arbitrary byte offsets (inside keys, escapes, UTF-8 sequences)."""
@@ -63,8 +86,8 @@ def splits(draw: st.DrawFn, body: bytes) -> list[bytes]:
     return [body[start:end] for start, end in itertools.pairwise(edges)]
 
 
-def scan(pieces: Sequence[bytes], member: str = MEMBER) -> Any:
-    scanner = JsonMemberScanner(member)
+def scan(pieces: Sequence[bytes], member: str = MEMBER, **options: int) -> Any:
+    scanner = JsonMemberScanner(member, **options)
     for piece in pieces:
         scanner.feed(piece)
     return scanner.finish()
@@ -129,8 +152,37 @@ def test_every_truncation_is_an_error(data: st.DataObject) -> None:
 
 
 @given(st.data())
+def test_long_strings_cut_short_leave_the_member_as_json_loads_reads_it(
+    data: st.DataObject,
+) -> None:
+    body, _ = data.draw(bodies_with_long_strings())
+    pieces = data.draw(splits(body))
+    assert scan(pieces, max_member_bytes=LIMIT) == json.loads(body)[MEMBER]
+
+
+@pytest.mark.parametrize("limit", range(200, 213))
+def test_a_long_string_is_cut_between_characters_and_escapes(limit: int) -> None:
+    # Twelve limits in a row: a cut at every offset of 6-byte escapes and 4-byte characters.
+    for ensure_ascii in (True, False):
+        text = '\\"é😀\n\u00e9' * 60
+        body = json.dumps({"markdown": text, MEMBER: 1}, ensure_ascii=ensure_ascii).encode()
+        assert scan([body], max_member_bytes=limit) == 1
+        assert scan([body[i : i + 7] for i in range(0, len(body), 7)], max_member_bytes=limit) == 1
+
+
+def test_a_string_cut_short_in_the_member_makes_it_too_large() -> None:
+    body = json.dumps({MEMBER: {"note": "x" * 300}}).encode()
+    with pytest.raises(JsonMemberError, match="larger than the 200 bytes allowed"):
+        scan([body], max_member_bytes=200)
+    long_key = json.dumps({MEMBER + "x" * 300: 1}).encode()  # the member's name, cut short
+    with pytest.raises(JsonMemberError, match="no top-level member"):
+        scan([long_key], max_member_bytes=0)
+
+
+@given(st.data())
 def test_a_damaged_body_is_read_as_strict_json_reads_it(data: st.DataObject) -> None:
-    body = bytearray(data.draw(bodies())[0])
+    long_strings = data.draw(st.booleans())
+    body = bytearray(data.draw(bodies_with_long_strings() if long_strings else bodies())[0])
     for _ in range(data.draw(st.integers(1, 3))):
         at = data.draw(st.integers(0, len(body)))
         byte = data.draw(st.sampled_from(b'{}[]:,"\\ 0-.eu\x00\xff\xc3') | st.integers(0, 255))
@@ -139,21 +191,34 @@ def test_a_damaged_body_is_read_as_strict_json_reads_it(data: st.DataObject) -> 
         else:
             body.insert(at, byte)
     damaged = bytes(body)
+    pieces = data.draw(splits(damaged))
+    options = {"max_member_bytes": LIMIT} if long_strings else {}
     try:
         expected = strict_json(damaged)
     except ValueError:
         with pytest.raises(JsonMemberError):
-            scan(data.draw(splits(damaged)))
+            scan(pieces, **options)
         return
     if unpaired_surrogates(expected):
         with contextlib.suppress(JsonMemberError):
-            scan(data.draw(splits(damaged)))  # any value, or JsonMemberError, but no crash
+            scan(pieces, **options)  # any value, or JsonMemberError, but no crash
         return
-    if isinstance(expected, dict) and MEMBER in expected:
-        assert scan(data.draw(splits(damaged))) == expected[MEMBER]
-    else:
+    if not (isinstance(expected, dict) and MEMBER in expected):
         with pytest.raises(JsonMemberError):
-            scan(data.draw(splits(damaged)))
+            scan(pieces, **options)
+    elif long_strings and len(json.dumps(expected[MEMBER])) >= LIMIT // 2:
+        # The damage took a long string into the member: its value, or refused as too large.
+        outcome: Any
+        try:
+            outcome = scan(pieces, **options)
+        except JsonMemberError as error:
+            outcome = error
+        if isinstance(outcome, JsonMemberError):
+            assert "bytes allowed" in str(outcome)
+        else:
+            assert outcome == expected[MEMBER]
+    else:
+        assert scan(pieces, **options) == expected[MEMBER]
 
 
 @given(st.lists(json_values, min_size=2, max_size=4), st.data())

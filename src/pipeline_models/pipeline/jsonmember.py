@@ -10,10 +10,12 @@ that, whichever backend ijson finds, or the one ``IJSON_BACKEND`` names). Only t
 events of the wanted top-level member's value are built into Python objects; every
 other value is dropped as its events go by.
 
-Memory: the member's value, plus the largest single token of the body. ijson (yajl)
-does not stream inside a token, so each string, the long markdown included, is held
-whole, once as bytes in yajl's buffer and once as the ``str`` of its event, before it is
-dropped. A container is never held unless it is the member.
+ijson does not stream inside a token: yajl would hold each string whole, the markdown
+included, once in its buffer and once as the ``str`` of its event. So every string is
+cut down to ``max_member_bytes`` before ijson sees it (:class:`_StringTrimmer`): a string
+that long cannot be in the member without making it too large, which is then the error.
+Memory: the member's value, a few times ``max_member_bytes`` for the string being read,
+and the events of one piece. A number is not cut: a number of megabytes would be held.
 
 It reads the body as strict JSON (RFC 8259): UTF-8, one top-level object, no
 ``NaN``/``Infinity``, nothing but whitespace after the object, so a truncated or garbled
@@ -35,6 +37,8 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import re
+from collections import deque
 from decimal import Decimal
 from typing import Any, Final, NoReturn
 
@@ -44,6 +48,11 @@ __all__ = ["JsonMemberError", "JsonMemberScanner", "read_member"]
 
 _MISSING: Final = object()
 _WHITESPACE: Final = b" \t\n\r"  # JSON's; yajl's has \v and \f too
+# The inside of a string up to its closing quote: plain bytes (UTF-8 is checked apart)
+# and whole escapes. It stops at the quote, at a control character, at a bad escape, and
+# at an escape cut off by the end of a piece.
+_STRING_BODY: Final = re.compile(rb'(?:[^"\\\x00-\x1f]++|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*+')
+_CUT_ESCAPE: Final = re.compile(rb"\\(?:u[0-9a-fA-F]{0,3})?")
 _OPENS: Final = frozenset({"start_map", "start_array"})
 _CLOSES: Final = frozenset({"end_map", "end_array"})
 # What a top-level value other than an object is, for the error that refuses it.
@@ -60,6 +69,98 @@ class JsonMemberError(ValueError):
     """The body is not a JSON object with the wanted top-level member."""
 
 
+class _StringTrimmer:
+    """Cuts every string of the body down to ``limit`` bytes before ijson sees it.
+
+    Why: yajl holds each string token whole, and the body's markdown is one string of
+    megabytes. This keeps track of where strings begin and end (nothing else of the
+    grammar) and passes only the first ``limit`` bytes of a longer one, cut between two
+    characters or escapes, so the string stays a string. The bytes it drops are checked
+    as yajl would (the pattern); at anything else it stops dropping, and yajl complains.
+    ``trimmed`` lists, by their rank among the body's strings and keys, those it cut.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.trimmed: deque[int] = deque()
+        self._rank = 0  # strings and keys opened so far
+        self._inside = False
+        self._kept = 0  # bytes of the current string passed on
+        self._held = b""  # an escape cut off by the end of the last piece
+
+    def __call__(self, piece: bytes) -> list[bytes]:
+        """The parts of ``piece`` (after what was held back) that ijson is to see."""
+        piece = self._held + piece
+        # A character cut off by the end of the piece waits for the next one, so that a
+        # string is only ever cut between two characters.
+        complete = _complete_utf8(piece)
+        piece, self._held = piece[:complete], piece[complete:]
+        parts: list[bytes] = []
+        at, end = 0, len(piece)
+        while at < end:
+            if not self._inside:
+                quote = piece.find(b'"', at)
+                if quote < 0:
+                    parts.append(piece[at:])
+                    break
+                parts.append(piece[at : quote + 1])
+                at, self._inside, self._kept = quote + 1, True, 0
+                self._rank += 1
+                continue
+            stop = _STRING_BODY.match(piece, at).end()  # type: ignore[union-attr]
+            room = self.limit - self._kept
+            if stop - at <= room:
+                parts.append(piece[at:stop])
+                self._kept += stop - at
+            elif room >= 0:  # this run goes past the limit: keep what fits, drop the rest
+                parts.append(piece[at : self._cut(piece, at, at + room)])
+                self._kept = self.limit + 1
+                self.trimmed.append(self._rank)
+            at = stop
+            if at == end:
+                break
+            if piece[at] == ord('"'):
+                parts.append(b'"')
+                at, self._inside = at + 1, False
+            elif _CUT_ESCAPE.fullmatch(piece, at):
+                self._held = piece[at:] + self._held  # decided with the next piece
+                break
+            else:  # a control character or a bad escape: yajl is to say so
+                parts.append(piece[at:])
+                break
+        return parts
+
+    @staticmethod
+    def _cut(piece: bytes, start: int, cut: int) -> int:
+        """The last place at or before ``cut`` that is not inside a character or an
+        escape, in a run of valid string bytes that begins at ``start``."""
+        while 0x80 <= piece[cut] < 0xC0:  # a UTF-8 continuation byte: back to its lead
+            cut -= 1
+        backslash = piece.rfind(b"\\", max(start, cut - 6), cut)
+        if backslash < 0:
+            return cut
+        first = backslash
+        while first > start and piece[first - 1] == ord("\\"):
+            first -= 1
+        if (backslash - first) % 2:  # the second byte of an escaped backslash
+            return cut
+        length = 6 if piece[backslash + 1] == ord("u") else 2
+        return backslash if cut < backslash + length else cut
+
+
+def _complete_utf8(piece: bytes) -> int:
+    """Where a UTF-8 sequence left incomplete at the end of ``piece`` begins (its length
+    if none is). The bytes are valid UTF-8 as far as they go: checked before."""
+    for back in range(1, min(3, len(piece)) + 1):
+        byte = piece[-back]
+        if byte < 0x80:
+            break
+        if byte >= 0xC0:  # the lead byte, which tells the length
+            needed = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(piece) - back if needed > back else len(piece)
+    return len(piece)
+
+
 class JsonMemberScanner:
     """Push parser that keeps one top-level member of a JSON object.
 
@@ -69,7 +170,8 @@ class JsonMemberScanner:
     saying what and where; after an error the scanner stays failed.
 
     ``max_member_bytes`` bounds the member's value (counted about as its compact JSON
-    would be, from the events) and ``max_depth`` the nesting of objects and arrays.
+    would be, from the events) and the bytes of any one string that reach the parser;
+    ``max_depth`` bounds the nesting of objects and arrays.
 
     >>> scanner = JsonMemberScanner("m")
     >>> scanner.feed(b'{"x": {"m": 1}, "m": [true, "\\\\u00e9"]}')
@@ -100,6 +202,10 @@ class JsonMemberScanner:
         # which crashes the interpreter in a Python callback; list.append turns it into
         # a SystemError, and the list is then never read.
         self._events = ijson.sendable_list()
+        # A key longer than 12 bytes a character (a surrogate pair of \u escapes) cannot
+        # be the member, nor a string longer than max_member_bytes be in it.
+        self._trim = _StringTrimmer(max(max_member_bytes, 12 * len(member)))
+        self._strings = 0  # string and key events read
         self._parser: Any = ijson.basic_parse_coro(self._events)
         self._offset = 0  # bytes fed before the current chunk
         self._any_data = False  # a byte other than whitespace was fed
@@ -194,7 +300,9 @@ class JsonMemberScanner:
             if piece is None:
                 self._parser.close()
             else:
-                self._parser.send(piece)
+                for part in self._trim(piece):
+                    if part:
+                        self._parser.send(part)
         except ijson.JSONError as error:
             self._take_events()  # those before the error: they tell where it is
             reason = str(error).partition("\n")[0].rstrip(".")[:200]  # no copy of the body
@@ -233,13 +341,19 @@ class JsonMemberScanner:
     def _event(self, event: tuple[str, Any]) -> None:
         """Take one parsing event; build it into the member's value if it is part of it."""
         kind, value = event
+        trimmed = False
+        if kind in ("string", "map_key"):
+            self._strings += 1
+            if self._trim.trimmed and self._trim.trimmed[0] == self._strings:
+                self._trim.trimmed.popleft()
+                trimmed = True
         if not self._started:  # the first event: ijson refuses a second top-level value
             if kind != "start_map":
                 self._fail(f"the body is not a JSON object: it is {_NOT_AN_OBJECT[kind]}")
             self._started, self._depth = True, 1
             return
         if self._depth == 1 and kind == "map_key":
-            self._key_matches = value == self.member
+            self._key_matches = value == self.member and not trimmed
             return
         if self._depth == 1 and kind == "end_map":
             self._ended, self._depth = True, 0
@@ -260,7 +374,7 @@ class JsonMemberScanner:
         # About the member's size as compact JSON: a string or key with its quotes and a
         # separator, any other token as its Python text (None, True, 1.5) and a separator.
         self._size += len(value) + 3 if isinstance(value, str) else len(str(value)) + 1
-        if self._size > self.max_member_bytes:
+        if self._size > self.max_member_bytes or trimmed:
             self._fail(
                 f"member {self.member!r} is larger than the {self.max_member_bytes} bytes allowed"
             )

@@ -182,7 +182,9 @@ class ParserClient:
         The JSON result also holds the whole markdown, so it is streamed through a
         :class:`JsonMemberScanner` that keeps only ``job_metadata``.
         """
-        scanner = JsonMemberScanner("job_metadata")
+        # job_metadata is a few dozen bytes; the limit also bounds how much of the markdown
+        # string the JSON parser ever holds (see jsonmember).
+        scanner = JsonMemberScanner("job_metadata", max_member_bytes=1 << 16)
         try:
             await self._stream(f"/api/v1/parsing/job/{parser_job_id}/result/markdown", scanner.feed)
             metadata = scanner.finish()
