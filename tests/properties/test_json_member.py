@@ -264,8 +264,9 @@ MALFORMED = r"malformed JSON before byte \d+ \(.+\)$"
         (b'{"markdown": "\\x"}', MALFORMED),
         (b'{"markdown": "\\u12G4"}', MALFORMED),
         (b'{"markdown": "tab\there"}', MALFORMED),
-        (b'{"markdown": "tab\vhere"}', "vertical tab at byte 17"),
-        (b'{"job_metadata":\f1}', "form feed at byte 16"),  # yajl's whitespace, not JSON's
+        (b'{"markdown": "tab\vhere"}', r"control character \(0x0b\) at byte 17"),
+        (b'{"job_metadata":\f1}', r"\(0x0c\) at byte 16"),  # yajl's whitespace, not JSON's
+        (b'{"markdown": "nul\x00"}', r"\(0x00\) at byte 17"),
         (b'{"job_metadata": trve}', MALFORMED),
         (b'{"pages": [1, 2}', MALFORMED),
         (b'{"pages": 1}', "no top-level member 'job_metadata'"),

@@ -6,7 +6,8 @@ whole markdown of a document, megabytes for a large one, next to a small
 ``response.json()`` would hold the raw body, its decoded text and the parsed markdown
 at once. :class:`JsonMemberScanner` is fed the body piece by piece and pushes it into
 ijson's event parser (its ``yajl2_c`` backend, which the ijson wheels bundle; failing
-that, whichever backend ijson finds, or the one ``IJSON_BACKEND`` names). Only the
+that, whichever backend ijson finds, or the one ``IJSON_BACKEND`` names: the pure
+Python one takes any Unicode space between tokens, and words its errors otherwise). Only the
 events of the wanted top-level member's value are built into Python objects; every
 other value is dropped as its events go by.
 
@@ -48,6 +49,7 @@ __all__ = ["JsonMemberError", "JsonMemberScanner", "read_member"]
 
 _MISSING: Final = object()
 _WHITESPACE: Final = b" \t\n\r"  # JSON's; yajl's has \v and \f too
+_CONTROL: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 # The inside of a string up to its closing quote: plain bytes (UTF-8 is checked apart)
 # and whole escapes. It stops at the quote, at a control character, at a bad escape, and
 # at an escape cut off by the end of a piece.
@@ -233,11 +235,12 @@ class JsonMemberScanner:
             self._utf8.decode(chunk)
         except UnicodeDecodeError as error:
             self._fail(f"not valid UTF-8 at byte {self._offset - pending + error.start}")
-        # yajl takes a vertical tab or a form feed for whitespace; JSON allows neither
-        # between tokens, nor raw inside a string, so such a byte is wrong anywhere.
-        for byte, name in ((b"\v", "vertical tab"), (b"\f", "form feed")):
-            if (at := chunk.find(byte)) >= 0:
-                self._fail(f"not JSON: a {name} at byte {self._offset + at}")
+        # JSON allows no control character but \t, \n and \r, raw in a string or between
+        # tokens, and yajl takes \v and \f for whitespace (the pure Python backend, \x1c
+        # to \x1f too): such a byte is refused here, wherever it is.
+        if control := _CONTROL.search(chunk):
+            at = self._offset + control.start()
+            self._fail(f"not JSON: a control character (0x{control[0][0]:02x}) at byte {at}")
         if not self._any_data:
             self._any_data = bool(chunk.strip(_WHITESPACE))
         if self._ended:
