@@ -4,6 +4,7 @@ top-level member json.loads would, and it rejects what strict JSON rejects."""
 from __future__ import annotations
 
 import contextlib
+import decimal
 import itertools
 import json
 from collections.abc import Sequence
@@ -94,12 +95,21 @@ def scan(pieces: Sequence[bytes], member: str = MEMBER, **options: int) -> Any:
 
 
 def strict_json(body: bytes) -> Any:
-    """json.loads as RFC 8259 reads it: UTF-8 only, no NaN or Infinity."""
+    """json.loads as RFC 8259 reads it: UTF-8 only, no NaN or Infinity. And as ijson reads
+    a number with a fraction or an exponent, through Decimal, which refuses an exponent
+    past about 10**18 (json.loads gives inf or 0.0): RFC 8259 lets a parser limit range."""
 
     def reject(constant: str) -> None:
         raise ValueError(f"not JSON: {constant}")
 
-    return json.loads(body.decode("utf-8"), parse_constant=reject)
+    def number(text: str) -> float:
+        try:
+            decimal.Decimal(text)
+        except decimal.InvalidOperation:
+            raise ValueError(f"exponent out of range: {text}") from None
+        return float(text)
+
+    return json.loads(body.decode("utf-8"), parse_constant=reject, parse_float=number)
 
 
 def unpaired_surrogates(value: Any) -> bool:
@@ -273,6 +283,7 @@ MALFORMED = r"malformed JSON before byte \d+ \(.+\)$"
         (b"{}", "no top-level member 'job_metadata'"),
         (b'{"job_metadata": ' + b"[" * 300 + b"]" * 300 + b"}", "nested deeper than 256"),
         (b'{"job_metadata": ' + b"1" * 5000 + b"}", "cannot be decoded"),
+        (b'{"pages": 1e1000000000000000000, "job_metadata": 1}', "exponent is past"),
         # An integer past Python's 4,300 digits crashed a callback of ijson's C backend.
         (b'{"pages": ' + b"1" * 5000 + b', "job_metadata": 1}', "cannot be decoded"),
         (b'{"job_metadata": ' + b"1" * 5000, "cannot be decoded"),

@@ -22,10 +22,12 @@ It reads the body as strict JSON (RFC 8259): UTF-8, one top-level object, no
 ``NaN``/``Infinity``, nothing but whitespace after the object, so a truncated or garbled
 body is noticed even when the member came before the damage. When the member occurs
 more than once the last occurrence wins, as with :func:`json.loads`. A member of the
-same name inside a nested value is not the top-level member and is ignored. One
-difference from :func:`json.loads`, yajl's: an unpaired surrogate escape (``"\\ud800"``,
+same name inside a nested value is not the top-level member and is ignored. Two
+differences from :func:`json.loads`. yajl's: an unpaired surrogate escape (``"\\ud800"``,
 which RFC 8259 leaves undefined and I-JSON forbids) is refused, or read as ``'?'``, or
 paired with the next ``\\u`` escape, where :func:`json.loads` keeps a lone surrogate.
+And ijson's: a number with an exponent past :class:`~decimal.Decimal`'s range (about
+10**18) is refused, where :func:`json.loads` reads ``inf`` or ``0.0``.
 
 >>> scanner = JsonMemberScanner("job_metadata")
 >>> for piece in (b'{"markdown": "# A\\\\n", "job_meta', b'data": {"job_pages": 2}}'):
@@ -314,6 +316,8 @@ class JsonMemberScanner:
             # The bytes were UTF-8 (checked in feed): yajl2_c made this one by writing an
             # unpaired \udc00-\udfff escape as UTF-8, which Python refuses to decode.
             self._fail("a string holds an unpaired surrogate escape")
+        except ArithmeticError:  # decimal.InvalidOperation, where json.loads reads inf or 0.0
+            self._fail("a value cannot be decoded: a number's exponent is past Decimal's range")
         except SystemError as error:  # see __init__; the last event is not to be read
             if not isinstance(error.__cause__, ValueError):
                 raise
