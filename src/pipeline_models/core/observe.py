@@ -60,6 +60,9 @@ class Observer:
             "checker": _quote(checker_schema),
             "clock": _quote(clock_schema),
             "table": ".".join(_quote(part) for part in spec.table.split(".")),
+            "table_literal": ".".join(_quote(part) for part in spec.table.split(".")).replace(
+                "'", "''"
+            ),
             "id": "'" + spec.id + "'",
             "audit_function": _quote(f"audit_{slug}"),
             "trigger": _quote(f"pipeline_models_audit_{slug}"),

@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS {checker}.audit (
     -- transaction commits, so readers page by transaction (see audit_since).
     xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
     table_name text NOT NULL,
+    -- The written table itself: a process may observe several tables in turn.
+    table_oid oid NOT NULL,
     operation text NOT NULL,
     actor text NOT NULL,
     at timestamptz NOT NULL,
@@ -69,8 +71,8 @@ DECLARE
     old_row jsonb := CASE WHEN TG_OP = 'INSERT' THEN NULL ELSE to_jsonb(OLD) END;
     new_row jsonb := CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE to_jsonb(NEW) END;
 BEGIN
-    INSERT INTO {checker}.audit (table_name, operation, actor, at, job_id, old, new)
-    VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP,
+    INSERT INTO {checker}.audit (table_name, table_oid, operation, actor, at, job_id, old, new)
+    VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_RELID, TG_OP,
             current_setting('application_name'), {clock}.clock_timestamp(),
             coalesce(new_row, old_row) ->> {id}, old_row, new_row);
     RETURN coalesce(NEW, OLD);
@@ -98,7 +100,8 @@ ORDER BY attnum;
 
 -- name: reset_trail
 -- A new example: an empty trail (DELETE: cheaper than TRUNCATE for a few rows).
-DELETE FROM {checker}.audit;
+DELETE FROM {checker}.audit WHERE table_oid = to_regclass('{table_literal}');
+
 
 
 -- name: set_clock
@@ -115,6 +118,7 @@ ON CONFLICT (only_row) DO UPDATE SET at = excluded.at;
 -- commit order. The caller drops the rows it has already seen.
 -- $1 from_xid text (an xid8)
 SELECT ARRAY(SELECT to_jsonb(job) FROM {table} AS job) AS rows,
-       ARRAY(SELECT a FROM {checker}.audit AS a WHERE a.xid >= $1::text::xid8
+       ARRAY(SELECT a FROM {checker}.audit AS a
+             WHERE a.xid >= $1::text::xid8 AND a.table_oid = to_regclass('{table_literal}')
              ORDER BY a.audit_id) AS audit,
        pg_snapshot_xmin(pg_current_snapshot())::text AS next_xid;
