@@ -124,11 +124,13 @@ class WorkerSlot:
     # -- the Actor protocol (called from the worker's tasks) ---------------------------
 
     async def round_trip(self, kind: str, label: str) -> None:
+        self._dead_stay_dead()
         if self.scheduler.free:
             return
         await self._wait(_Waiting(label, kind, asyncio.get_running_loop().create_future()))
 
     async def sleep(self, seconds: float) -> None:
+        self._dead_stay_dead()
         until = self.scheduler.clock.now() + timedelta(seconds=seconds)
         if self.scheduler.free:
             await _REAL_SLEEP(0)
@@ -148,7 +150,16 @@ class WorkerSlot:
             if point in self.waiting:
                 self.waiting.remove(point)
 
+    def _dead_stay_dead(self) -> None:
+        """A crashed worker makes no more round trips. Its cancellation can be lost on the
+        way out (a rollback on the cut connection raises a connection error in place of
+        CancelledError, which a worker then handles by reconnecting): a process that
+        crashed would not have gone on, so it is cancelled again wherever it tries."""
+        if self.crashed:
+            raise asyncio.CancelledError(f"{self.name} has crashed")
+
     def flying(self, pid: int | None, label: str) -> object:
+        self._dead_stay_dead()
         if pid is not None:
             self.pids.add(pid)
         token = _Flying(pid, label)
@@ -424,7 +435,13 @@ class RoundTripScheduler:
             if not point.future.done():
                 point.future.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, stuck = await asyncio.wait(tasks, timeout=self.hang_seconds)
+            if stuck:
+                raise SchedulerError(
+                    f"{name} did not stop within {self.hang_seconds:g} s of being cancelled "
+                    "(a worker must let asyncio.CancelledError through); it was at:\n"
+                    + "\n".join(_where(task) for task in stuck)
+                )
         slot.in_flight.clear()
         return StepReport(name, Outcome.CRASHED)
 
@@ -441,6 +458,18 @@ class RoundTripScheduler:
         """Stop every worker (each is crashed: nothing of it outlives the example)."""
         for name in list(self.slots):
             await self.crash(name)
+
+
+def _where(task: asyncio.Task[Any]) -> str:
+    """Where a task that is still waiting waits: its chain of awaited coroutines."""
+    lines: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and len(lines) < 40:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+        if frame is not None:
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return f"task {task.get_name()!r}, innermost last:\n" + "\n".join(lines[-8:])
 
 
 async def _run_main(slot: WorkerSlot) -> Any:
