@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import asyncpg
 import httpx
+import httpx2
 
 from pipeline_models.core.clock import unreachable_time
 
@@ -350,14 +351,18 @@ def _in_the_loop() -> bool:
     return True
 
 
-class CheckedTransport(httpx.AsyncBaseTransport):
+class CheckedTransport(httpx.AsyncBaseTransport, httpx2.AsyncBaseTransport):
     """An httpx transport that lets a worker's request leave only when the scheduler
-    says so, and stops it again once its answer is in (the call's effect is out)."""
+    says so, and stops it again once its answer is in (the call's effect is out).
+
+    It is an ``httpx2`` transport too (the official OpenAI SDK's HTTP library), so the
+    same wrapper checks a worker's ``AsyncOpenAI(http_client=httpx2.AsyncClient(
+    transport=CheckedTransport(...)))``."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: Any) -> Any:
         actor = ACTOR.get()
         if actor is None:
             return await self.inner.handle_async_request(request)
