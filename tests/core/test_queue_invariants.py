@@ -7,6 +7,8 @@ judged by :class:`QueueJudge`: no database, no worker.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,14 +51,25 @@ class Trail:
         self.judge = QueueJudge(spec)
         self.findings: list[Finding] = []
         self._audit = 0
+        self._transaction: str | None = None  # every write its own transaction, else
 
     def tick(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
 
     def _record(self, operation: str, actor: str, job: str, old: Any, new: Any) -> None:
         self._audit += 1
-        change = AuditRow(self._audit, operation, actor, self.now, job, old, new)
+        xid = self._transaction or f"x{self._audit}"
+        change = AuditRow(self._audit, operation, actor, self.now, job, old, new, xid)
         self.findings += self.judge.judge([self.history.apply(change)])
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The writes inside share one transaction (as the trigger's xid shows)."""
+        self._transaction = f"t{self._audit}"
+        try:
+            yield
+        finally:
+            self._transaction = None
 
     def enqueue(self, job: str = "1", **values: Any) -> None:
         row = {"id": job, "state": "queued", "attempts": 0, "beat": None, "due": None, **values}
@@ -268,6 +281,66 @@ def test_attempts_fire_when_one_recovery_is_counted_twice_or_a_count_is_lost() -
     lost.claim("w2")
     lost.write("w2", attempts=0)  # written back from a stale read
     assert "already counted was lost" in lost.fired("attempts")[0].message
+
+
+def test_a_declared_progress_gives_the_attempts_a_fresh_budget_in_its_transaction() -> None:
+    spec = Spec(
+        "jobs",
+        STATES,
+        holder=HEARTBEAT.holder,
+        attempts=Attempts("attempts", limit=3, resets_on=["cursor"]),
+    )
+    progress = Trail(spec)
+    progress.enqueue(cursor=0)
+    progress.claim("w1")
+    progress.write("w1", state="queued", attempts=1)  # a failure, counted
+    progress.claim("w2")
+    with progress.transaction():
+        progress.write("w2", cursor=1)  # a batch written
+        progress.write("w2", state="queued", attempts=0)  # and a fresh budget
+    assert progress.findings == []
+
+    elsewhere = Trail(spec)
+    elsewhere.enqueue(cursor=0)
+    elsewhere.claim("w1")
+    elsewhere.write("w1", state="queued", attempts=1)
+    elsewhere.claim("w2")
+    elsewhere.write("w2", cursor=1)  # progress, committed on its own
+    elsewhere.write("w2", state="queued", attempts=0)  # a later write loses the count
+    assert "already counted was lost" in elsewhere.fired("attempts")[0].message
+
+
+def test_a_lease_that_ends_at_a_take_over_lets_a_late_holder_write_until_then() -> None:
+    spec = Spec("jobs", STATES, holder=Holder("lease", column="lease_until", ends="takeover"))
+    trail = Trail(spec)
+    trail.enqueue()
+    trail.write("w1", state="running", lease_until=(trail.now + timedelta(seconds=30)).isoformat())
+    trail.tick(31)
+    # Late, but nobody took the job: a renewal from a time read before the pause.
+    trail.write("w1", lease_until=(trail.now + timedelta(seconds=30)).isoformat())
+    assert trail.findings == []
+    trail.tick(31)
+    trail.write("w2", state="running", lease_until=(trail.now + timedelta(seconds=30)).isoformat())
+    trail.write("w1", state="done")  # after the take-over: a zombie's write
+    [finding] = trail.fired("fencing")
+    assert "w2 held it" in str(finding.observed)
+
+
+def test_a_job_claimed_once_per_stage_is_no_poison_job() -> None:
+    stages = [f"s{index}" for index in range(6)]
+    spec = Spec(
+        "jobs", STATES, holder=HEARTBEAT.holder, max_deliveries=2, stage="stage", stages=stages
+    )
+    trail = Trail(spec)
+    trail.enqueue(stage="s0")
+    for index, stage in enumerate(stages[1:]):
+        trail.claim("w1")
+        trail.write("w1", state="queued", stage=stage)
+        assert not trail.fired("redelivery"), index
+    for _ in range(3):
+        trail.claim("w1")
+        trail.write("w1", state="queued")  # no further: the same stage again and again
+    assert trail.fired("redelivery")
 
 
 def test_redelivery_fires_on_a_poison_job_claimed_past_the_limit() -> None:

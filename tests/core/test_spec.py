@@ -55,6 +55,18 @@ def test_a_spec_reads_alike_from_its_own_file_and_from_a_pyproject_table(tmp_pat
         ({"table": "guide.jobs; drop"}, "is not a plain SQL identifier"),
         ({"extra_moves": [["done", "gone"]]}, "'gone' is not a declared state"),
         ({"stage": "stage"}, "stage and stages go together"),
+        (
+            {"holder": {"model": "lease", "column": "until", "ends": "never"}},
+            "holder.ends must be 'expiry' or 'takeover'",
+        ),
+        (
+            {"attempts": {"column": "attempts", "limit": 3, "resets_on": "stage"}},
+            "attempts.resets_on must be a list of columns",
+        ),
+        (
+            {"attempts": {"column": "attempts", "limit": 3, "resets_on": ["cursor; drop"]}},
+            "'cursor; drop' is not a plain SQL identifier",
+        ),
     ],
 )
 def test_a_malformed_spec_is_refused_naming_the_key(change: dict[str, object], says: str) -> None:

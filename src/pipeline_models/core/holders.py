@@ -61,7 +61,7 @@ class Event:
     holder: Hold | None  # who held the job just before the change
     previous: Hold | None  # the job's last hold, even if it had ended
     taken_away: str | None  # why that hold could be taken away at the change's time
-    claims: int  # the job's claims so far, this one included
+    claims: int  # the job's claims so far (at its stage, if staged), this one included
 
     @property
     def actor(self) -> str:
@@ -125,6 +125,10 @@ class HolderHistory:
             move = Move.RECOVERY
         else:
             move = Move.FOREIGN
+        if spec.stage and change.value(spec.stage) != change.value(spec.stage, new=False):
+            # A job that moved to its next stage is delivered afresh: a poison job is one
+            # claimed again and again without getting anywhere.
+            self.claims[job] = 0
         claims = self.claims[job]
         if move in (Move.CLAIM, Move.TAKEOVER):
             claims = self.claims[job] = claims + 1
@@ -168,7 +172,7 @@ class HolderHistory:
     def _expired(self, hold: Hold, change: AuditRow) -> bool:
         """A holder's own write after its lease ran out is a zombie's (leases only: a
         heartbeat holder holds until someone recovers its job)."""
-        if self.spec.holder.model is not HolderModel.LEASE:
+        if self.spec.holder.model is not HolderModel.LEASE or self.spec.holder.ends == "takeover":
             return False
         mark = moment_of(change.value(self.spec.holder.column or "", new=False))
         return mark is not None and mark <= change.at

@@ -145,6 +145,7 @@ class QueueJudge:
     # owed), and the floor it may never go under.
     owed: dict[str, int] = field(default_factory=dict)
     floor: dict[str, int] = field(default_factory=dict)
+    progress_in: dict[str, str] = field(default_factory=dict)  # job -> xid of its progress
     finished: set[str] = field(default_factory=set)  # deleted once finished
     deleted: set[str] = field(default_factory=set)  # every deletion the trail shows
     _redelivered: set[str] = field(default_factory=set)
@@ -398,6 +399,15 @@ class QueueJudge:
             self.owed[job] = 0
             return []
         if new is None:
+            return []
+        if any(
+            change.value(column) != change.value(column, new=False) for column in attempts.resets_on
+        ):
+            self.progress_in[job] = change.xid
+        if new < (old or 0) and self.progress_in.get(job) == change.xid:
+            # Progress in this transaction, and a fresh budget for the next step (as the
+            # spec declares: attempts.resets_on).
+            self.floor[job] = new
             return []
         found: list[Finding] = []
         floor = self.floor.get(job, old or 0)

@@ -133,13 +133,23 @@ class Holder:
     """How a job is held. ``column``: the lease's expiry (lease), the last sign of life
     (heartbeat). ``timeout_seconds``: how old a heartbeat may get before another actor
     may recover the job. The checker never reads an owner column: it learns who holds a
-    job from which worker's write claimed it."""
+    job from which worker's write claimed it.
+
+    ``ends`` (leases only): when a hold is over. ``"expiry"`` (the default, the strict
+    contract): once the lease has run out, any write of its holder is a zombie's.
+    ``"takeover"``: the holder keeps its job until another worker takes it over (or it
+    is recovered); a late write of its own before anyone else acted is no second holder.
+    Declare it for a worker that fences by owner and stamps its writes with a time it
+    read before the write (a pause in between can renew an expired lease nobody took)."""
 
     model: HolderModel | str
     column: str | None = None
     timeout_seconds: float | None = None
+    ends: str = "expiry"
 
     def __post_init__(self) -> None:
+        if self.ends not in ("expiry", "takeover"):
+            raise SpecError(f"holder.ends must be 'expiry' or 'takeover', got {self.ends!r}")
         try:
             object.__setattr__(self, "model", HolderModel(self.model))
         except ValueError:
@@ -171,8 +181,17 @@ class Attempts:
     column: str
     limit: int
     counts: str = "failures"
+    # Columns whose change is progress (the stage column, a cursor): a worker that gives
+    # each step a fresh budget writes the count back to 0 in the same write.
+    resets_on: Sequence[str] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.resets_on, str):
+            raise SpecError(
+                f"attempts.resets_on must be a list of columns, got the string "
+                f"{self.resets_on!r}; write [{self.resets_on!r}]"
+            )
+        object.__setattr__(self, "resets_on", tuple(self.resets_on))
         if self.limit < 1:
             raise SpecError(f"attempts.limit must be at least 1, got {self.limit}")
         if self.counts not in ("failures", "claims"):
@@ -269,6 +288,8 @@ class Spec:
             columns["holder"] = self.holder.column
         if self.attempts is not None:
             columns["attempts"] = self.attempts.column
+            for column in self.attempts.resets_on:
+                columns[f"attempts.resets_on {column}"] = column
         if self.due:
             columns["due"] = self.due
         if self.stage:
