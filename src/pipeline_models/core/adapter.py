@@ -37,6 +37,9 @@ class Adapter:
     """Subclass it, set :attr:`spec`, write the three verbs."""
 
     spec: ClassVar[Spec]
+    # The database being checked (set by the checker before :meth:`setup`): where an
+    # adapter opens connections of its own, e.g. to create its tables.
+    dsn: str = ""
 
     async def setup(self, connection: asyncpg.Connection) -> None:
         """Make the system's tables exist and be empty: each example starts from nothing.

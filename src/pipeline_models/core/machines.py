@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import os
 import sys
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from pipeline_models.core.invariants import (
     raise_findings,
     select,
 )
-from pipeline_models.core.observe import Observer, Trail
+from pipeline_models.core.observe import CHECKER_SCHEMA, CLOCK_SCHEMA, Observer, Trail
 from pipeline_models.core.scheduler import (
     Outcome,
     RoundTripScheduler,
@@ -56,7 +57,7 @@ from pipeline_models.core.scheduler import (
     task_factory,
 )
 from pipeline_models.core.server import Server
-from pipeline_models.core.spec import TERMINAL, HolderModel, Spec
+from pipeline_models.core.spec import TERMINAL, HolderModel, Meaning, Spec
 from pipeline_models.interrupts import stop_if_asked
 from pipeline_models.profiles import machine_settings
 
@@ -105,6 +106,12 @@ class _Runtime:
         self.monitor: asyncpg.Connection = self.run(self.server.connect(application_name=CHECKER))
         self.enqueuer: asyncpg.Connection = self.run(self.server.connect(application_name=ENQUEUER))
         self.observers: dict[int, Observer] = {}
+        # This process's own trail and clock: checks running side by side on one server
+        # (a CI matrix, mutant runs) neither read each other's changes nor move each
+        # other's time. Left over by a process with the same pid: dropped first.
+        self.checker_schema = f"{CHECKER_SCHEMA}_{os.getpid()}"
+        self.clock_schema = f"{CLOCK_SCHEMA}_{os.getpid()}"
+        self.run(self.monitor.execute(_drop_schemas(self.checker_schema, self.clock_schema)))
         self._enqueuer_path: str | None = None
 
     @classmethod
@@ -122,7 +129,9 @@ class _Runtime:
         observer = self.observers.get(id(spec))
         if observer is None:
             await adapter.setup(self.enqueuer)
-            observer = Observer(spec)
+            observer = Observer(
+                spec, checker_schema=self.checker_schema, clock_schema=self.clock_schema
+            )
             await observer.install(self.monitor)
             self.observers[id(spec)] = observer
             if self._enqueuer_path is None:
@@ -139,10 +148,17 @@ class _Runtime:
         with contextlib.suppress(Exception):
             for observer in runtime.observers.values():
                 runtime.run(observer.remove(runtime.monitor))
+            runtime.run(
+                runtime.monitor.execute(_drop_schemas(runtime.checker_schema, runtime.clock_schema))
+            )
             runtime.run(runtime.monitor.close())
             runtime.run(runtime.enqueuer.close())
         runtime.runner.close()
         runtime.server.close()
+
+
+def _drop_schemas(*names: str) -> str:
+    return ";".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE' for name in names)
 
 
 def use_server(url: str | None) -> None:
@@ -186,6 +202,7 @@ class QueueMachine(RuleBasedStateMachine):
         super().__init__()
         self.runtime = _Runtime.get()
         self.adapter = self.ADAPTER()
+        self.adapter.dsn = self.runtime.server.url
         self.spec = self.adapter.spec
         self.clock = CheckerClock()
         self._patches = contextlib.ExitStack()
@@ -391,6 +408,7 @@ class QueueMachine(RuleBasedStateMachine):
             if self._all_finished():
                 break
             moved = False
+            changes = len(self.trail.changes)
             for name in live:
                 for _ in range(DRAIN_TURN):
                     if not self.scheduler.can_move(name):
@@ -401,15 +419,36 @@ class QueueMachine(RuleBasedStateMachine):
                     if self.scheduler.slots[name].effects:
                         self._check()  # a call's effect is judged at its moment
                 self._check()
-            if moved:
+            if moved and len(self.trail.changes) > changes:
                 continue
+            # Nobody changed a job (the workers only polled, or all wait): time moves to
+            # the next moment something can happen, not by a poller's short sleeps.
+            now = self.clock.now()
             wake = self.scheduler.next_wake()
-            if wake is not None and wake > self.clock.now():
-                self._move_clock(wake - self.clock.now())
+            soonest = [t for t in (self._next_moment(now), wake if not moved else None) if t]
+            if soonest:
+                self._move_clock(min(soonest) - now)
             else:
                 self._move_clock(timedelta(seconds=timeout + 1))
         self._check()
         self._judge(self.judge.liveness(self.trail.rows))
+
+    def _next_moment(self, now: datetime) -> datetime | None:
+        """The earliest time after ``now`` the job table names: a job falls due, a lease
+        runs out, a heartbeat grows stale (the spec says which columns mean which)."""
+        spec = self.spec
+        stale_after = timedelta(seconds=spec.holder.timeout_seconds or 0)
+        moments = []
+        for row in self.trail.rows.values():
+            if spec.due:
+                moments.append(moment_of(row.get(spec.due)))
+            if spec.holder.column and spec.meaning(row.get(spec.state)) is Meaning.IN_PROGRESS:
+                mark = moment_of(row.get(spec.holder.column))
+                if mark is not None and spec.holder.model is HolderModel.HEARTBEAT:
+                    mark += stale_after
+                moments.append(mark)
+        later = [moment for moment in moments if moment is not None and moment > now]
+        return min(later) if later else None
 
     def _all_finished(self) -> bool:
         for job in self.judge.enqueued:
