@@ -136,7 +136,7 @@ class ReferencePipeline:
         embeddings_http = openai_http_client(
             fakes.embeddings_app, base_url="http://embeddings.fake", timeout=30.0
         )
-        services = _services(
+        services = build_services(
             config,
             parser_http=parser_http,
             parser_key=FAKE_API_KEY,
@@ -179,7 +179,7 @@ class ReferencePipeline:
         ``embeddings_url`` is the OpenAI-style base URL, ending in ``/v1``.
         """
         config = config or WorkerConfig()
-        services = _services(
+        services = build_services(
             config,
             parser_http=httpx.AsyncClient(base_url=parser_url, timeout=SERVICE_TIMEOUT),
             parser_key=parser_key,
@@ -305,7 +305,7 @@ class ReferencePipeline:
         await self.aclose()
 
 
-def _services(
+def build_services(
     config: WorkerConfig,
     *,
     parser_http: httpx.AsyncClient,
@@ -328,4 +328,4 @@ def _services(
     )
 
 
-__all__ = ["FAKE_API_KEY", "Fakes", "ReferencePipeline"]
+__all__ = ["FAKE_API_KEY", "SERVICE_TIMEOUT", "Fakes", "ReferencePipeline", "build_services"]

@@ -1,0 +1,62 @@
+"""The reference pipeline checked by the core, like a worker nobody here wrote.
+
+Its adapter (:mod:`pipeline_models.pipeline.adapter`) gives the core a spec and three
+verbs; the core runs ``BaseWorker.run`` unchanged, without its checkpoint hook, and
+pauses it at each statement, each COMMIT and around each call to the fake services. The
+unmodified pipeline must pass; a catalog bug planted in its SQL must be found, and named
+by the invariant of its cause.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import ClassVar
+
+import pytest
+
+from pipeline_models.core import machine_for
+from pipeline_models.core.report import run
+from pipeline_models.mutants.catalog import BY_NAME
+from pipeline_models.pipeline.adapter import ReferenceAdapter
+from pipeline_models.queries import Queries
+
+
+def planted(mutant: str) -> Queries:
+    """The reference's SQL with the catalog mutant ``mutant``'s edits (SQL-only ones)."""
+    text = (resources.files("pipeline_models") / "sql" / "queries.sql").read_text()
+    for edit in BY_NAME[mutant].edits:
+        assert edit.path == "sql/queries.sql", f"{mutant} changes {edit.path}, not the SQL"
+        assert text.count(edit.old) == edit.count
+        text = text.replace(edit.old, edit.new)
+    return Queries.parse(text)
+
+
+class LocklessClaimAdapter(ReferenceAdapter):
+    """claim-without-row-lock: the claim selects a due job without locking it."""
+
+    queries: ClassVar[Queries] = planted("claim-without-row-lock")
+
+
+@pytest.mark.parametrize("seed", [1, *(pytest.param(s, marks=pytest.mark.slow) for s in (2, 3))])
+def test_the_unmodified_reference_passes_a_seeded_run_of_the_core(seed: int) -> None:
+    report = run(machine_for(ReferenceAdapter), profile="dev", seed=seed, max_examples=30)
+    assert report.ok, report.render()
+    assert report.examples >= 30
+
+
+def test_a_lockless_claim_is_found() -> None:
+    """The claim is one statement, so the core (stepping one worker's round trip at a
+    time) cannot run two claims inside each other; what it finds is the consequence: a
+    claim that selected an expired lease without locking it waits behind the holder's
+    last transaction, then, with the job advanced meanwhile, takes it as a take-over and
+    counts an attempt nothing failed (or, in other programs, two holders at once)."""
+    report = run(
+        machine_for(LocklessClaimAdapter),
+        profile="dev",
+        seed=1,
+        max_examples=100,
+        rounds=1,
+        shrink_seconds=20,
+    )
+    assert not report.ok
+    assert report.failures[0].invariant in ("mutual_exclusion", "attempts"), report.render()
