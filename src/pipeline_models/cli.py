@@ -348,6 +348,15 @@ def _check_own_worker(
     show_default=True,
     help="Run the mutants (--no-catalog: only the control, the unmodified package).",
 )
+@click.option(
+    "--layer",
+    type=click.Choice(["catalog", "core"]),
+    default="catalog",
+    show_default=True,
+    help="The checker: catalog, each mutant on the machine the catalog names (queue or "
+    "pipeline); core, every mutant and the control checked by the schema-free core through "
+    "the reference's adapter (pipeline_models.pipeline.adapter), with the checker side only.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @_PROGRESS
 def mutants(
@@ -359,6 +368,7 @@ def mutants(
     rounds: int,
     shrink_seconds: float,
     catalog: bool,
+    layer: str,
     as_json: bool,
     progress: bool,
 ) -> None:
@@ -391,8 +401,14 @@ def mutants(
             f"no mutant {', '.join(unknown)}; the catalog: {', '.join(BY_NAME)}"
         )
     chosen = ([BY_NAME[name] for name in only] if only else list(CATALOG)) if catalog else []
+    if layer == "core" and chosen_sides != ["checker"]:
+        raise click.BadParameter(
+            "the core checks through the adapter only: use --sides checker",
+            param_hint="--layer core",
+        )
+    layers = ["core"] if layer == "core" else campaign_layers(chosen)
 
-    tally = MutantsTally(len(control_tasks(campaign_layers(chosen), chosen_sides)), len(chosen))
+    tally = MutantsTally(len(control_tasks(layers, chosen_sides)), len(chosen))
     shown = Progress("mutants", tally.reading, mode=choose_mode(progress))
 
     def say(text: str) -> None:
@@ -421,6 +437,7 @@ def mutants(
                 max_examples=max_examples,
                 rounds=rounds,
                 shrink_seconds=shrink_seconds,
+                layer="core" if layer == "core" else None,
             )
             say(
                 f"pipeline-models mutants: {len(chosen)} mutants x {', '.join(chosen_sides)}, "

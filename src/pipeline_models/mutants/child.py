@@ -39,6 +39,7 @@ from hypothesis.errors import Flaky, UnsatisfiedAssumption
 from hypothesis.stateful import run_state_machine_as_test
 
 from pipeline_models import machines
+from pipeline_models.core.invariants import QueueViolation
 from pipeline_models.database import Database
 from pipeline_models.drivers import CHECK_CONFIG, QueueDriver, ReferenceDriver
 from pipeline_models.invariants import InvariantViolation
@@ -94,6 +95,10 @@ def _fired(error: BaseException) -> tuple[list[str], str]:
     if isinstance(error, InvariantViolation):
         names = sorted({violation.invariant for violation in error.violations})
         return names, str(error.violations[0])
+    if isinstance(error, QueueViolation):
+        # The core's findings, the cause first.
+        ordered = list(dict.fromkeys(finding.invariant for finding in error.findings))
+        return ordered, str(error.findings[0])
     if isinstance(error, Flaky):
         # A FlakyFailure carries what the first run raised: the lead to follow.
         inner = getattr(error, "exceptions", ())
@@ -127,7 +132,12 @@ def _program(error: BaseException) -> list[str]:
     ]
 
 
-def _machine(layer: str, *, whole_steps: bool, drain: bool = True) -> type[machines.QueueMachine]:
+def _machine(layer: str, *, whole_steps: bool, schema: str, drain: bool = True) -> type[Any]:
+    if layer == "core":
+        from pipeline_models.core import machine_for
+        from pipeline_models.pipeline.adapter import ReferenceAdapter
+
+        return machine_for(ReferenceAdapter.in_schema(schema))
     base: type[machines.QueueMachine] = (
         machines.QueueMachine if layer == "queue" else machines.PipelineMachine
     )
@@ -156,10 +166,20 @@ def round_seeds(rounds: int, first_seed: int | None = None) -> list[int | None]:
     return [first_seed if index == 0 else first + index for index in range(rounds)]
 
 
+def _statistics(layer: str) -> Any:
+    """The machines' counters of ``layer`` (the core keeps its own)."""
+    if layer == "core":
+        from pipeline_models.core.machines import STATISTICS
+
+        return STATISTICS
+    return machines.STATISTICS
+
+
 def run_machine(
     layer: str,
     *,
     whole_steps: bool,
+    schema: str,
     max_examples: int,
     seed: int | None,
     rounds: int = 1,
@@ -182,7 +202,7 @@ def run_machine(
     results: list[RoundResult] = []
     for index, round_seed in enumerate(round_seeds(rounds, seed), start=1):
         round_started = time.perf_counter()
-        result = _search(layer, whole_steps, max_examples, round_seed, started, examples)
+        result = _search(layer, whole_steps, schema, max_examples, round_seed, started, examples)
         flaky = result.killed and FLAKY in result.fired
         results.append(
             RoundResult(
@@ -213,17 +233,19 @@ def run_machine(
 def _search(
     layer: str,
     whole_steps: bool,
+    schema: str,
     max_examples: int,
     seed: int | None,
     started: float,
     examples_before: int,
 ) -> SideResult:
     side = "coarse" if whole_steps else "checker"
-    machine = _machine(layer, whole_steps=whole_steps)
+    machine = _machine(layer, whole_steps=whole_steps, schema=schema)
+    statistics = _statistics(layer)
     first: dict[str, Any] = {}
     teardown = machine.teardown
 
-    def timed_teardown(self: machines.QueueMachine) -> None:
+    def timed_teardown(self: Any) -> None:
         # Teardown runs in the rule's exception handler when a rule failed. Hypothesis's
         # own StopTest (an example cut short: its choices ran out, or it was rejected)
         # is no failure: taken for one, it switched the drains off for the rest of the
@@ -238,7 +260,7 @@ def _search(
         finally:
             if raised is not None and not first:
                 first["seconds"] = time.perf_counter() - started
-                first["examples"] = examples_before + machines.STATISTICS.examples
+                first["examples"] = examples_before + statistics.examples
                 # What the first failing example raised: a failure that does not
                 # replay (Hypothesis's "inconsistent data generation") carries no
                 # trace of it, and it is the lead to follow.
@@ -251,14 +273,14 @@ def _search(
                 if before_drain is not None:
                     machine.DRAIN = False
 
-    machine.teardown = timed_teardown  # type: ignore[method-assign]
+    machine.teardown = timed_teardown
     overrides: dict[str, Any] = {"max_examples": max_examples, "report_multiple_bugs": False}
     if seed is not None:
         # Random generation from the seed; no example database, so no round (and no
         # earlier run) replays another's failures.
         overrides.update(derandomize=False, database=None)
         hypothesis_seed(seed)(machine)
-    machines.STATISTICS.__init__()  # type: ignore[misc]
+    statistics.__init__()
     try:
         run_state_machine_as_test(machine, settings=machine_settings("ci", **overrides))
     except Exception as error:
@@ -271,7 +293,7 @@ def _search(
             time.perf_counter() - started,
             first.get("seconds"),
             first.get("examples"),
-            examples_before + machines.STATISTICS.examples,
+            examples_before + statistics.examples,
             _program(error),
             fired,
             detail,
@@ -280,7 +302,7 @@ def _search(
         side,
         False,
         time.perf_counter() - started,
-        examples=examples_before + machines.STATISTICS.examples,
+        examples=examples_before + statistics.examples,
     )
 
 
@@ -310,7 +332,7 @@ def run_examples_side(database: Database) -> SideResult:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layer", choices=["queue", "pipeline"], default="pipeline")
+    parser.add_argument("--layer", choices=["queue", "pipeline", "core"], default="pipeline")
     parser.add_argument("--sides", default=",".join(SIDES))
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--schema", required=True)
@@ -339,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     database = Database(arguments.database_url, schema=arguments.schema)
     asyncio.run(database.ensure_schema())
     machines.use_database(database)
+    if arguments.layer == "core":
+        from pipeline_models.core.machines import use_server
+
+        use_server(arguments.database_url)
     results = []
     for side in arguments.sides.split(","):
         if side == "examples":
@@ -348,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_machine(
                     arguments.layer,
                     whole_steps=side == "coarse",
+                    schema=arguments.schema,
                     max_examples=arguments.max_examples,
                     seed=arguments.seed,
                     rounds=arguments.rounds,

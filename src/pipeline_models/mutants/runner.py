@@ -63,6 +63,9 @@ class RunOptions:
     rounds: int = 4  # the derandomized ci run, then further seeds until a kill
     shrink_seconds: float = 30.0
     round_timeout_seconds: float = 900.0  # a round that takes longer is a hang
+    # None: each mutant on the machine the catalog names; "core": every mutant, and the
+    # control, checked by the core's queue machine through the reference's adapter.
+    layer: str | None = None
 
     @property
     def timeout_seconds(self) -> float:
@@ -173,7 +176,12 @@ def run_mutants(
 
     def run_one(mutant: Mutant) -> MutantReport:
         results, error = _planted_run(
-            mutant, options, schemas, layer=mutant.machine, sides=options.sides, every_round=False
+            mutant,
+            options,
+            schemas,
+            layer=options.layer or mutant.machine,
+            sides=options.sides,
+            every_round=False,
         )
         report = MutantReport(
             mutant.name,
@@ -295,7 +303,7 @@ def run_campaign(
     only if it passed every round, the mutants: a kill in a round the control failed
     would be the checker's false alarm counted as a kill. ``on_control`` and
     ``on_result`` hear of each part of the control, and of each mutant, once done."""
-    layers = campaign_layers(mutants)
+    layers = [options.layer] if options.layer else campaign_layers(mutants)
     control = run_control(layers, options, jobs=jobs, system=control_system, on_result=on_control)
     failures = control_failures(control)
     reports = [] if failures else run_mutants(mutants, options, jobs=jobs, on_result=on_result)
