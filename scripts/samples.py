@@ -48,6 +48,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -224,17 +225,22 @@ def run_command(block: Block, database_url: str | None) -> Run:
         environment["DATABASE_URL"] = database_url
     environment.update(COLUMNS="88", TERM="dumb", NO_COLOR="1", PYTHONUNBUFFERED="1")
     started = time.perf_counter()
-    done = subprocess.run(
-        ["bash", "-c", block.command],
-        cwd=ROOT,
-        env=environment,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT if "stderr" in block.flags else subprocess.PIPE,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    # A fresh Hypothesis example database for each command: examples saved by earlier
+    # runs (the test suite's, a developer's) would be replayed first and change what a
+    # seeded command prints.
+    with tempfile.TemporaryDirectory(prefix="pm-samples-") as examples:
+        environment["HYPOTHESIS_STORAGE_DIRECTORY"] = examples
+        done = subprocess.run(
+            ["bash", "-c", block.command],
+            cwd=ROOT,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if "stderr" in block.flags else subprocess.PIPE,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
     seconds = time.perf_counter() - started
     output = [line.rstrip() for line in done.stdout.splitlines()]
     if "stderr" in block.flags:
