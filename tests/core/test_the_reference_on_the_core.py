@@ -9,6 +9,9 @@ by the invariant of its cause.
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import Iterator
 from importlib import resources
 from typing import ClassVar
 
@@ -16,9 +19,20 @@ import pytest
 
 from pipeline_models.core import machine_for
 from pipeline_models.core.report import run
+from pipeline_models.database import Database
 from pipeline_models.mutants.catalog import BY_NAME
-from pipeline_models.pipeline.adapter import ReferenceAdapter
+from pipeline_models.pipeline import adapter
 from pipeline_models.queries import Queries
+
+# This process's own tables: another run on the same server (a developer's check, a
+# second suite) never shares them.
+ReferenceAdapter = adapter.ReferenceAdapter.in_schema(f"pm_reference_{os.getpid()}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_the_tables_at_the_end(pipeline_database: Database) -> Iterator[None]:
+    yield
+    asyncio.run(Database(pipeline_database.url, schema=ReferenceAdapter.schema).drop_schema())
 
 
 def planted(mutant: str) -> Queries:
@@ -60,3 +74,25 @@ def test_a_lockless_claim_is_found() -> None:
     )
     assert not report.ok
     assert report.failures[0].invariant in ("mutual_exclusion", "attempts"), report.render()
+
+
+def test_the_document_extension_holds_a_finished_document_to_the_model() -> None:
+    machine = machine_for(ReferenceAdapter, drain=False)()
+    monitor = machine.runtime.monitor
+    schema = ReferenceAdapter.schema
+    try:
+        machine.enqueue_job()
+        machine._drain()  # every job finished, and judged: the document as predicted
+        assert machine._run(machine.adapter.findings_at_end(monitor)) == []
+        machine._run(
+            monitor.execute(
+                f'DELETE FROM "{schema}".document_chunks WHERE chunk_id = '
+                f'(SELECT chunk_id FROM "{schema}".document_chunks ORDER BY chunk_id LIMIT 1)'
+            )
+        )
+        findings = machine._run(machine.adapter.findings_at_end(monitor))
+    finally:
+        machine.teardown()
+    assert findings, "a lost chunk of a finished document went unseen"
+    assert {finding.invariant for finding in findings} == {"documents"}
+    assert "chunk" in findings[0].message

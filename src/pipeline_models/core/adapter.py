@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import asyncpg
 
+from pipeline_models.core.invariants import Finding
 from pipeline_models.core.spec import Spec
 
 
@@ -56,6 +57,13 @@ class Adapter:
         name for it; ``dsn`` the database to connect to (``asyncpg.connect(dsn)`` and
         ``asyncpg.create_pool(dsn)`` hand out checked connections while checking)."""
         raise NotImplementedError
+
+    async def findings_at_end(self, connection: asyncpg.Connection) -> list[Finding]:
+        """The system's own invariants beyond the queue, judged once the drain has
+        finished every job: its other tables, read on a connection of the checker's (a
+        document pipeline's chunks and vectors, say). Reported with the queue's findings,
+        after them. None by default."""
+        return []
 
     async def teardown(self, connection: asyncpg.Connection) -> None:
         """After the last example (optional)."""

@@ -18,6 +18,7 @@ pipeline_models.pipeline.adapter:ReferenceAdapter``.
 from __future__ import annotations
 
 import atexit
+import re
 import shutil
 import tempfile
 import uuid
@@ -30,10 +31,12 @@ import httpx2
 from pipeline_models.clock import SystemClock
 from pipeline_models.core import Adapter, Attempts, Holder, Spec, States
 from pipeline_models.core.interpose import CheckedTransport
+from pipeline_models.core.invariants import Finding
 from pipeline_models.database import Database
-from pipeline_models.documents import markdown_document
+from pipeline_models.documents import Document, markdown_document
 from pipeline_models.fakes import FaultTransport, create_embeddings_app, create_parser_app
 from pipeline_models.lifecycle import STAGES, State
+from pipeline_models.model import discrepancies, expected_outcomes
 from pipeline_models.pipeline.config import WorkerConfig
 from pipeline_models.pipeline.reference import (
     FAKE_API_KEY,
@@ -46,6 +49,7 @@ from pipeline_models.pipeline.retry import RetryPolicy
 from pipeline_models.pipeline.storage import LocalDirectoryStorage
 from pipeline_models.pipeline.uploads import enqueue_upload
 from pipeline_models.queries import QUERIES, Queries
+from pipeline_models.snapshot import Snapshot, take_snapshot
 
 SCHEMA = "pm_reference"
 LEASE_SECONDS = 30
@@ -86,6 +90,8 @@ def reference_spec(schema: str = SCHEMA) -> Spec:
     )
 
 
+_DOCUMENT = re.compile(r"document ([0-9a-f-]{36})\b")
+
 # One user uploads every document: the queue layer does not look at ownership.
 _USER = uuid.UUID(int=1)
 
@@ -108,6 +114,7 @@ class ReferenceAdapter(Adapter):
     def __init__(self) -> None:
         self._pipeline: ReferencePipeline | None = None
         self._database: Database | None = None
+        self._uploads: dict[uuid.UUID, Document] = {}  # this example's, by document id
 
     # -- the three verbs ---------------------------------------------------------------
 
@@ -137,6 +144,7 @@ class ReferenceAdapter(Adapter):
                 declared_type=document.content_type,
                 data=document.data,
             )
+        self._uploads[upload.document_id] = document
         return upload.job_id
 
     async def run_worker(self, name: str, dsn: str) -> None:
@@ -145,6 +153,29 @@ class ReferenceAdapter(Adapter):
             await worker.run()
         finally:
             await worker.close()
+
+    async def findings_at_end(self, connection: asyncpg.Connection) -> list[Finding]:
+        """The document extension: once every job has finished, each document whose job
+        succeeded holds exactly the chunks and vectors the model predicts for its text
+        (no chunk lost or doubled, no buffer row left, the document complete), and each
+        dead-lettered job says why. (A job may be dead-lettered by a crash loop the
+        program made, so only a succeeded job is held to the prediction.)"""
+        async with connection.transaction():
+            await _search_schema_first(connection, self.schema)
+            snapshot = await take_snapshot(connection)
+        expected = expected_outcomes(list(self._uploads.items()), config=self.config)
+        succeeded = {
+            str(document_id)
+            for document_id in expected
+            if [job.state for job in snapshot.jobs_of(document_id)] == [State.DONE]
+        }
+        found = []
+        for problem in discrepancies(expected, snapshot):
+            named = _DOCUMENT.match(problem)
+            document = named.group(1) if named else None
+            if document in succeeded or "without last_error" in problem:
+                found.append(Finding("documents", problem, _job_of(snapshot, document)))
+        return found
 
     # -- one pipeline per example, shared by its workers --------------------------------
 
@@ -204,6 +235,13 @@ def _blob_root() -> str:
         _BLOBS.append(tempfile.mkdtemp(prefix="pipeline-models-reference-"))
         atexit.register(shutil.rmtree, _BLOBS[0], True)
     return _BLOBS[0]
+
+
+def _job_of(snapshot: Snapshot, document: str | None) -> str | None:
+    if document is None:
+        return None
+    jobs = snapshot.jobs_of(uuid.UUID(document))
+    return str(jobs[0].job_id) if jobs else None
 
 
 async def _search_schema_first(connection: asyncpg.Connection, schema: str) -> None:
