@@ -47,7 +47,6 @@ from pipeline_models.pipeline.reference import (
 )
 from pipeline_models.pipeline.retry import RetryPolicy
 from pipeline_models.pipeline.storage import LocalDirectoryStorage
-from pipeline_models.pipeline.uploads import enqueue_upload
 from pipeline_models.queries import QUERIES, Queries
 from pipeline_models.snapshot import Snapshot, take_snapshot
 
@@ -135,15 +134,7 @@ class ReferenceAdapter(Adapter):
         )
         async with connection.transaction():
             await _search_schema_last(connection, self.schema)
-            upload = await enqueue_upload(
-                connection,
-                pipeline.storage,
-                pipeline.clock,
-                user_id=_USER,
-                filename=document.filename,
-                declared_type=document.content_type,
-                data=document.data,
-            )
+            upload = await pipeline.upload(connection, user_id=_USER, document=document)
         self._uploads[upload.document_id] = document
         return upload.job_id
 
