@@ -32,7 +32,14 @@ ReferenceAdapter = adapter.ReferenceAdapter.in_schema(f"pm_reference_{os.getpid(
 @pytest.fixture(autouse=True, scope="module")
 def _drop_the_tables_at_the_end(pipeline_database: Database) -> Iterator[None]:
     yield
-    asyncio.run(Database(pipeline_database.url, schema=ReferenceAdapter.schema).drop_schema())
+    # A loop of its own, never made current: asyncio.run would leave the main thread
+    # without the current loop the queue machines' runtime set.
+    loop = asyncio.new_event_loop()
+    try:
+        tables = Database(pipeline_database.url, schema=ReferenceAdapter.schema)
+        loop.run_until_complete(tables.drop_schema())
+    finally:
+        loop.close()
 
 
 def planted(mutant: str) -> Queries:
@@ -56,6 +63,7 @@ def test_the_unmodified_reference_passes_a_seeded_run_of_the_core(seed: int) -> 
     report = run(machine_for(ReferenceAdapter), profile="dev", seed=seed, max_examples=30)
     assert report.ok, report.render()
     assert report.examples >= 30
+    assert "then the adapter's own" in report.render()  # the document extension ran
 
 
 def test_a_lockless_claim_is_found() -> None:

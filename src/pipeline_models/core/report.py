@@ -46,6 +46,7 @@ class Report:
     failures: list[Failure] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     invariants: tuple[str, ...] = ()  # what the machine judged (its INVARIANTS)
+    own_checks: bool = False  # the adapter judges its own invariants after each drain
 
     @property
     def ok(self) -> bool:
@@ -59,6 +60,8 @@ class Report:
         if self.invariants:
             judged = [name for name in self.invariants if name != "liveness"]
             drained = "; liveness at every drain" if "liveness" in self.invariants else ""
+            if drained and self.own_checks:
+                drained += ", then the adapter's own (findings_at_end)"
             lines.append(f"invariants checked: {', '.join(judged)}{drained}")
         lines += [f"warning: {warning}" for warning in self.warnings]
         if self.ok:
@@ -90,7 +93,12 @@ def run(
     discards the examples whose first finding is a cause already reported, until a
     round finds nothing new. Each finding is shrunk for at most ``shrink_seconds``
     (Hypothesis's own bound is an engine constant, not a setting)."""
-    report = Report(machine.__name__, profile, invariants=machine.INVARIANTS)
+    report = Report(
+        machine.__name__,
+        profile,
+        invariants=machine.INVARIANTS,
+        own_checks=machine.ADAPTER.findings_at_end is not Adapter.findings_at_end,
+    )
     before = STATISTICS.examples
     started = time.perf_counter()
     known: dict[str, Failure] = {}
