@@ -140,7 +140,8 @@ class Holder:
     ``"takeover"``: the holder keeps its job until another worker takes it over (or it
     is recovered); a late write of its own before anyone else acted is no second holder.
     Declare it for a worker that fences by owner and stamps its writes with a time it
-    read before the write (a pause in between can renew an expired lease nobody took)."""
+    read before the write (after a pause in between it renews an expired lease nobody
+    took, then releases or advances the job)."""
 
     model: HolderModel | str
     column: str | None = None

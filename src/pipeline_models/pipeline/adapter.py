@@ -67,10 +67,11 @@ def reference_spec(schema: str = SCHEMA) -> Spec:
             failed=[State.DEADLETTER.value],
         ),
         # The worker fences every write by owner and by a live lease at the time it read
-        # before the write: paused in between, it can renew a lease that ran out while
-        # nobody took the job (checked with ends="expiry", the core reports exactly that
-        # as a zombie's write). No second worker can hold the job meanwhile: a take-over
-        # changes the owner, and the late write then fails. So a hold ends at a take-over.
+        # before the write: paused in between, it can renew a lease that ran out and then
+        # release or advance the job while nobody took it (checked with ends="expiry",
+        # the core reports that release as a zombie's write). No second worker can hold
+        # the job meanwhile: a take-over changes the owner, and the late write then fails.
+        # So a hold ends at a take-over.
         holder=Holder(
             "lease", column="lease_expires_at", timeout_seconds=LEASE_SECONDS, ends="takeover"
         ),
