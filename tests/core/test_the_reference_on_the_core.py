@@ -104,3 +104,16 @@ def test_the_document_extension_holds_a_finished_document_to_the_model() -> None
     assert findings, "a lost chunk of a finished document went unseen"
     assert {finding.invariant for finding in findings} == {"documents"}
     assert "chunk" in findings[0].message
+
+
+def test_the_drain_waits_out_a_crashed_holders_lease_beside_a_polling_worker() -> None:
+    """w1 claims a job and crashes holding it; w2 polls every 0.5 s. The drain must move
+    time to the lease's end (30 s), not creep by w2's sleeps, or it calls a job that
+    would have been recovered stuck (the false liveness alarm this replays)."""
+    machine = machine_for(ReferenceAdapter)()
+    try:
+        machine.enqueue_job()
+        machine.run_worker_until_it_waits(worker="w1")
+        machine.crash_worker(worker="w1")
+    finally:
+        machine.teardown()  # the drain: liveness and the document extension judged here
