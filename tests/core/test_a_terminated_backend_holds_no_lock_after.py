@@ -4,7 +4,7 @@
 a few milliseconds later on a busy machine. A scheduler that moved on at once let the
 next step wait on a dead worker's lock, but only under load: a program that failed and
 then did not replay (the reference's control rounds went flaky that way). Both
-schedulers terminate with :data:`TERMINATE`, which waits for the process to be gone.
+schedulers terminate with :func:`terminate`, which waits for the process to be gone.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import asyncio
 
 import asyncpg
 
-from pipeline_models.core.scheduler import TERMINATE
+from pipeline_models.core.scheduler import terminate
 from pipeline_models.database import Database
 
 
-async def _locks_left(url: str, terminate: str, rounds: int) -> int:
+async def _locks_left(url: str, rounds: int) -> int:
     admin = await asyncpg.connect(url)
     left = 0
     try:
@@ -28,7 +28,7 @@ async def _locks_left(url: str, terminate: str, rounds: int) -> int:
         for _ in range(rounds):
             victim = await asyncpg.connect(url)
             await victim.execute("BEGIN; SELECT * FROM pm_terminated WHERE id = 1 FOR UPDATE")
-            await admin.execute(terminate, [victim.get_server_pid()])
+            await terminate(admin, [victim.get_server_pid()])
             victim.terminate()
             try:
                 async with admin.transaction():
@@ -44,4 +44,4 @@ async def _locks_left(url: str, terminate: str, rounds: int) -> int:
 
 
 def test_after_terminate_the_backends_row_locks_are_free(pipeline_database: Database) -> None:
-    assert asyncio.run(_locks_left(pipeline_database.url, TERMINATE, rounds=30)) == 0
+    assert asyncio.run(_locks_left(pipeline_database.url, rounds=30)) == 0

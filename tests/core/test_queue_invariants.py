@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -283,6 +284,35 @@ def test_attempts_fire_when_one_recovery_is_counted_twice_or_a_count_is_lost() -
     assert "already counted was lost" in lost.fired("attempts")[0].message
 
 
+def test_where_every_return_is_a_retry_each_put_back_counts_once_in_its_own_write() -> None:
+    returns = replace(HEARTBEAT, attempts=Attempts("attempts", limit=2, counts="returns"))
+    counted = Trail(returns)
+    counted.enqueue()
+    counted.claim("w1")
+    counted.write("w1", state="queued", attempts=1)  # failed, put back: counted
+    counted.claim("w2")
+    counted.tick(31)
+    counted.write("w1", state="queued", attempts=2)  # stalled, recovered: counted
+    counted.claim("w1")
+    counted.write("w1", state="failed")  # out of attempts
+    assert counted.findings == []
+
+    uncounted = Trail(returns)
+    uncounted.enqueue()
+    uncounted.claim("w1")
+    uncounted.write("w1", state="queued")  # failed and put back, not counted
+    [finding] = uncounted.fired("attempts")
+    assert "return to the queue was not counted" in finding.message
+    assert finding.expected == "1 in the write that put it back"
+
+    recovered = Trail(returns)
+    recovered.enqueue()
+    recovered.claim("w1")
+    recovered.tick(31)
+    recovered.write("w2", state="queued")  # recovered, not counted
+    assert "not counted" in recovered.fired("attempts")[0].message
+
+
 def test_a_declared_progress_gives_the_attempts_a_fresh_budget_in_its_transaction() -> None:
     spec = Spec(
         "jobs",
@@ -428,3 +458,218 @@ def test_at_least_once_lets_a_recovered_job_repeat_its_effect_but_not_skip_it() 
         "2",
         "a job succeeded without its handler's effect",
     )
+
+
+def test_an_operators_declared_retry_of_a_failed_job_starts_it_afresh() -> None:
+    """A dead letter queued again by an operator (a declared extra move, its attempts
+    reset): no transition, count or redelivery finding; undeclared, a transition and a
+    lost count."""
+    retried = Spec(
+        "jobs",
+        STATES,
+        holder=HEARTBEAT.holder,
+        attempts=Attempts("attempts", limit=1),
+        extra_moves=[("failed", "queued")],
+    )
+    for spec, expected in (
+        (retried, set()),
+        (replace(retried, extra_moves=()), {"transitions", "attempts"}),
+    ):
+        trail = Trail(spec)
+        trail.enqueue()
+        for worker in ("w1", "w2"):
+            trail.claim(worker)
+            trail.write(worker, state="queued", attempts=1)
+            trail.claim(worker)
+            trail.write(worker, state="failed", attempts=2)
+            trail.write("operator", state="queued", attempts=0)
+        assert {finding.invariant for finding in trail.findings} == expected, trail.findings
+
+
+def test_a_job_put_off_or_changed_by_an_operator_each_time_is_no_poison_job() -> None:
+    """Released with a due time ahead (a Retry-After), or released and then changed by
+    someone outside the queue (an operator lifting a spending cap), more times than the
+    limit: fresh starts. Released to run at once, as many times: a poison loop."""
+    spec = replace(HEARTBEAT, attempts=None, max_deliveries=3)
+    for delay, operator, expected in ((60, False, []), (0, True, []), (0, False, ["redelivery"])):
+        trail = Trail(spec)
+        trail.enqueue()
+        for worker in ("w1", "w2", "w3", "w1"):
+            trail.tick(61)
+            trail.claim(worker)
+            due = trail.now + timedelta(seconds=delay)
+            trail.write(worker, state="queued", due=due.isoformat())
+            if operator:
+                trail.write("operator", note="cap lifted")
+        assert [finding.invariant for finding in trail.findings] == expected, (delay, operator)
+
+
+# -- a heartbeat on the worker's row (holder.beats_in, as procrastinate keeps it) --------
+
+WORKER_BEATS = Spec(
+    "jobs",
+    STATES,
+    holder=Holder(
+        "heartbeat", column="worker_id", timeout_seconds=30, beats_in="workers", beat="beat"
+    ),
+)
+
+
+class BeatsTrail(Trail):
+    """Jobs name their worker's row; the workers' rows carry the beats. ``beat`` records
+    a worker row's change as committed before every later job change."""
+
+    def __init__(self) -> None:
+        super().__init__(WORKER_BEATS)
+        self.beats: dict[str, AuditRow] = {}
+
+    def beat(self, row: str, *, deleted: bool = False) -> None:
+        self._audit += 1
+        values = {"id": int(row), "beat": self.now.isoformat()}
+        old, new = (values, None) if deleted else (None, values)
+        if deleted and row in self.beats:
+            old = dict(self.beats[row].new or self.beats[row].old or values)
+        operation = "DELETE" if deleted else "UPDATE"
+        self.beats[row] = AuditRow(self._audit, operation, "w?", self.now, row, old, new)
+
+    def _record(self, operation: str, actor: str, job: str, old: Any, new: Any) -> None:
+        self._audit += 1
+        change = AuditRow(
+            self._audit,
+            operation,
+            actor,
+            self.now,
+            job,
+            old,
+            new,
+            f"x{self._audit}",
+            beats=dict(self.beats),
+        )
+        self.findings += self.judge.judge([self.history.apply(change)])
+
+    def claim(self, actor: str, job: str = "1", **values: Any) -> None:
+        self.write(actor, job, state="running", **values)
+
+
+def test_a_worker_rows_heartbeat_lets_a_job_be_recovered_only_once_it_is_stale() -> None:
+    trail = BeatsTrail()
+    trail.enqueue("1", worker_id=None)
+    trail.beat("7")
+    trail.claim("w1", "1", worker_id=7)
+    trail.tick(20)
+    trail.beat("7")  # w1 still beats
+    trail.tick(20)
+    trail.write("w2", "1", state="queued")  # its beat is 20 s old: w1 still holds it
+    [finding] = trail.fired("fencing")
+    assert "w1 held it" in str(finding.observed)
+
+    stale = BeatsTrail()
+    stale.enqueue("1", worker_id=None)
+    stale.beat("7")
+    stale.claim("w1", "1", worker_id=7)
+    stale.tick(31)
+    stale.write("w2", "1", state="queued")  # 31 s without a beat: a recovery
+    assert stale.findings == []
+    assert stale.history.events[-1].move is Move.RECOVERY
+    assert "heartbeat (00:00:00) was older than 30 s" in str(stale.history.events[-1].taken_away)
+
+
+def test_a_pruned_worker_row_unlinks_its_job_and_a_fresh_one_is_pruned_by_a_foreign_write() -> None:
+    trail = BeatsTrail()
+    trail.enqueue("1", worker_id=None)
+    trail.beat("7")
+    trail.claim("w1", "1", worker_id=7)
+    trail.tick(31)
+    trail.write("w2", "1", worker_id=None)  # w1's stale row pruned: ON DELETE SET NULL
+    assert trail.history.events[-1].move is Move.UNLINK
+    assert trail.history.holder_of("1") is not None  # the hold stands until a recovery
+    trail.beat("7", deleted=True)
+    trail.write("w2", "1", state="queued")
+    assert trail.findings == []
+    assert "its row 7 in workers was deleted" in str(trail.history.events[-1].taken_away)
+
+    done = BeatsTrail()  # a finished job keeps naming its worker until the row goes
+    done.enqueue("1", worker_id=None)
+    done.beat("7")
+    done.claim("w1", "1", worker_id=7)
+    done.write("w1", "1", state="done")
+    done.tick(60)
+    done.write("w2", "1", worker_id=None)
+    assert done.findings == []
+    assert done.history.events[-1].move is Move.UNLINK
+
+    fresh = BeatsTrail()
+    fresh.enqueue("1", worker_id=None)
+    fresh.beat("7")
+    fresh.claim("w1", "1", worker_id=7)
+    fresh.tick(5)
+    fresh.write("w2", "1", worker_id=None)  # pruned while it beats
+    [finding] = fresh.fired("fencing")
+    assert "w1 held it" in str(finding.observed)
+
+
+def test_an_unfenced_holder_s_late_write_is_tolerated_and_nobody_else_s() -> None:
+    unfenced = Spec(
+        "jobs",
+        STATES,
+        holder=Holder("heartbeat", column="beat", timeout_seconds=30, fenced=False),
+    )
+    trail = Trail(unfenced)
+    trail.enqueue()
+    trail.claim("w1")
+    trail.tick(31)
+    trail.write("w2", state="queued")  # recovers the stalled job
+    trail.claim("w2")
+    trail.write("w1", state="done")  # w1 was only slow: its finish checks no worker
+    assert trail.findings == []
+    assert trail.history.events[-1].move is Move.LATE
+    trail.enqueue("3")
+    trail.claim("w2", "3")
+    trail.tick(31)
+    trail.write("w2", "3", state="queued")  # its own recovery puts its stalled job back
+    trail.write("w2", "3", state="done")  # and its job's run ends: late, tolerated
+    assert trail.findings == []
+    trail.enqueue("2")
+    trail.claim("w1", "2")
+    trail.write("w3", "2", state="done")  # w3 never held job 2: still fencing
+    [finding] = trail.fired("fencing")
+    assert finding.job_id == "2"
+
+
+def test_a_count_an_unfenced_late_retry_pushed_past_the_limit_is_tolerated_with_it() -> None:
+    def late_retry(fenced: bool) -> Trail:
+        spec = Spec(
+            "jobs",
+            STATES,
+            holder=Holder("heartbeat", column="beat", timeout_seconds=30, fenced=fenced),
+            attempts=Attempts("attempts", limit=2, counts="returns"),
+        )
+        trail = Trail(spec)
+        trail.enqueue()
+        trail.claim("w1")
+        trail.write("w1", state="queued", attempts=1)  # failed once, retried
+        trail.claim("w1")
+        trail.tick(31)
+        trail.write("w2", state="queued", attempts=2)  # stalled: put back, counted
+        trail.claim("w2")
+        # w1 was only slow: its job fails, and it retries it on the 1 attempt it read.
+        trail.write("w1", state="queued", attempts=3)
+        trail.claim("w2")
+        return trail
+
+    assert late_retry(fenced=False).findings == []
+    strict = late_retry(fenced=True)
+    assert strict.fired("fencing")
+    assert {f.message for f in strict.fired("attempts")} == {
+        "a job was kept going past its attempts limit"
+    }
+
+
+def test_a_claim_that_names_no_worker_row_is_taken_only_from_a_crashed_worker() -> None:
+    trail = BeatsTrail()
+    trail.enqueue("1", worker_id=None)
+    trail.claim("w1", "1", worker_id=None)  # its claim names no worker row
+    trail.tick(31)
+    trail.write("w2", "1", state="queued")  # 'stalled' by its NULL worker: w1 still holds it
+    [finding] = trail.fired("fencing")
+    assert "w1 held it" in str(finding.observed)

@@ -88,6 +88,20 @@ def test_holder_models_ask_for_what_they_need() -> None:
         Holder("token")
 
 
+def test_a_heartbeat_on_the_workers_row_names_its_table_and_column() -> None:
+    holder = Holder(
+        "heartbeat", column="worker_id", timeout_seconds=30, beats_in="q.workers", beat="beat"
+    )
+    assert holder.time_column is None  # worker_id is a reference, not a time
+    assert Holder("heartbeat", column="beat", timeout_seconds=30).time_column == "beat"
+    with pytest.raises(SpecError, match=r"beats_in and holder\.beat go together"):
+        Holder("heartbeat", column="worker_id", timeout_seconds=30, beats_in="q.workers")
+    with pytest.raises(SpecError, match=r"for model 'heartbeat' only"):
+        Holder("lease", column="until", beats_in="q.workers", beat="beat")
+    with pytest.raises(SpecError, match="not a plain SQL identifier"):
+        Holder("heartbeat", column="w", timeout_seconds=30, beats_in="q.w; drop", beat="b")
+
+
 def test_every_state_value_has_one_meaning() -> None:
     with pytest.raises(SpecError, match="'queued' has two meanings"):
         Spec("jobs", States(claimable=["queued"], in_progress=["queued"]))

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import pytest
 
-from pipeline_models.core import machine_for
+from pipeline_models.core import QueueViolation, machine_for
 from pipeline_models.core.report import run
 from pipeline_models.database import Database
 from pipeline_models.mutants.catalog import BY_NAME
@@ -73,7 +73,7 @@ def test_a_lockless_claim_is_found() -> None:
     last transaction, then, with the job advanced meanwhile, takes it as a take-over and
     counts an attempt nothing failed (or, in other programs, two holders at once)."""
     report = run(
-        machine_for(LocklessClaimAdapter),
+        machine_for(LocklessClaimAdapter, actions=()),
         profile="dev",
         seed=1,
         max_examples=100,
@@ -117,3 +117,66 @@ def test_the_drain_waits_out_a_crashed_holders_lease_beside_a_polling_worker() -
         machine.crash_worker(worker="w1")
     finally:
         machine.teardown()  # the drain: liveness and the document extension judged here
+
+
+class DedupeOnTheWrongKeyAdapter(ReferenceAdapter):
+    """upload-dedupe-on-the-wrong-key: the same bytes sent again hit a unique violation."""
+
+    queries: ClassVar[Queries] = planted("upload-dedupe-on-the-wrong-key")
+
+
+@pytest.mark.parametrize(
+    ("adapter_class", "found"),
+    [(ReferenceAdapter, []), (DedupeOnTheWrongKeyAdapter, ["actions"])],
+)
+def test_the_same_bytes_uploaded_again_are_the_same_document(
+    adapter_class: type[adapter.ReferenceAdapter], found: list[str]
+) -> None:
+    document = adapter.markdown_document("# Twice\n\nSent twice by its owner.\n", filename="t.md")
+    machine = machine_for(adapter_class, drain=False)()
+    try:
+        machine.upload_a_document(document=document, by_the_other_user=False)
+        try:
+            machine.upload_the_same_bytes_again(pick=0, by_the_other_user=False)
+            reported: list[str] = []
+        except QueueViolation as violation:
+            reported = [f"{f.invariant}: {f.message}" for f in violation.findings]
+        jobs = machine._run(
+            machine.runtime.monitor.fetchval(
+                f'SELECT count(*) FROM "{ReferenceAdapter.schema}".upload_jobs'
+            )
+        )
+    finally:
+        machine.teardown()
+    assert [said.split(":")[0] for said in reported] == found
+    assert all("UniqueViolationError" in said for said in reported)
+    assert jobs == 1
+
+
+@pytest.mark.parametrize("point", ["blob_stored", "document_inserted"])
+def test_an_upload_cut_short_leaves_no_document_without_its_job(point: str) -> None:
+    machine = machine_for(ReferenceAdapter, drain=False)()
+    monitor = machine.runtime.monitor
+    try:
+        machine.upload_cut_short(point=point)
+        documents = machine._run(
+            monitor.fetchval(f'SELECT count(*) FROM "{ReferenceAdapter.schema}".documents')
+        )
+        findings = machine._run(machine.adapter.findings_at_end(monitor))
+        # A document the cut left behind (as a planted non-atomic upload would) is found.
+        machine._run(
+            monitor.execute(
+                f'INSERT INTO "{ReferenceAdapter.schema}".documents '
+                "(document_id, user_id, filename, declared_type, file_sha256, size_bytes, "
+                "raw_blob_key, status, created_at, updated_at) VALUES (gen_random_uuid(), "
+                "gen_random_uuid(), 'x.md', 'text/markdown', repeat('a', 64), 1, 'raw/x', "
+                "'processing', now(), now())"
+            )
+        )
+        orphan = machine._run(machine.adapter.findings_at_end(monitor))
+    finally:
+        machine.teardown()
+    assert (documents, findings) == (0, [])
+    assert [finding.message for finding in orphan] == [
+        "a document has no job: nothing will ever process it"
+    ]

@@ -12,9 +12,9 @@ invariants on it.
 
 from __future__ import annotations
 
-from pipeline_models.core.adapter import Adapter
+from pipeline_models.core.adapter import Adapter, action
 from pipeline_models.core.invariants import ORDER, Finding, QueueViolation
-from pipeline_models.core.machines import QueueMachine, machine_for, use_server
+from pipeline_models.core.machines import QueueMachine, close_checker, machine_for, use_server
 from pipeline_models.core.spec import (
     Attempts,
     Finished,
@@ -38,6 +38,8 @@ __all__ = [
     "Spec",
     "SpecError",
     "States",
+    "action",
+    "close_checker",
     "machine_for",
     "use_server",
 ]

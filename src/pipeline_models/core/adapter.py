@@ -22,16 +22,72 @@ Example (the guide's worker, ``docs/own-worker.md``)::
 
         async def run_worker(self, name, dsn):
             await guide_worker.run(dsn)
+
+Besides enqueueing, a system has other users: an API that takes the same upload twice, a
+webhook, an operator, a service that fails. Each is an :func:`action`, a coroutine method
+of the adapter that the machine draws as a rule of its own, with strategies for its
+arguments::
+
+        @action(kind=st.sampled_from(["timeout", "500"]))
+        async def fail_the_next_call(self, kind):
+            self.service.fail_next(kind)
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import asyncpg
+from hypothesis.strategies import SearchStrategy
 
 from pipeline_models.core.invariants import Finding
 from pipeline_models.core.spec import Spec
+
+F = TypeVar("F", bound=Callable[..., Any])
+ACTION = "_pipeline_models_action"
+INTERLEAVED = "_pipeline_models_interleaved"
+
+
+def action(*, interleaved: bool = False, **arguments: SearchStrategy[Any]) -> Callable[[F], F]:
+    """Make an adapter's coroutine method a rule of the queue machine, its ``arguments``
+    drawn from the strategies given.
+
+    The action runs as an actor of its own (named after it: ``upload_again #3``), round
+    trip by round trip like a worker, so its writes are told apart from the workers'
+    and a statement that waits on a worker's row lock does not hang the program: the
+    action finishes when the lock is released (and before the drain ends). It may return
+    :class:`~pipeline_models.core.invariants.Finding` objects (a status code the system
+    must not answer, say): they are reported with the queue's, after them. An exception
+    it raises is a finding too (``actions``: the system failed one of its users).
+
+    ``interleaved``: the machine also draws ``start_<name>``, which starts the action and
+    leaves it before its first round trip, and ``step_an_action``, which moves a started
+    action one round trip on: two requests (two uploads of the same bytes, a webhook and
+    a worker) race statement by statement, as the program says. The drain lets every
+    started action finish."""
+
+    def mark(method: F) -> F:
+        setattr(method, ACTION, arguments)
+        setattr(method, INTERLEAVED, interleaved)
+        return method
+
+    return mark
+
+
+def actions_of(adapter: type[Adapter]) -> dict[str, dict[str, SearchStrategy[Any]]]:
+    """Every :func:`action` of ``adapter`` (its own and inherited), by name."""
+    found = {}
+    for name in dir(adapter):
+        arguments = getattr(getattr(adapter, name, None), ACTION, None)
+        if arguments is not None:
+            found[name] = arguments
+    return found
+
+
+def interleaved_actions_of(adapter: type[Adapter]) -> list[str]:
+    """The actions of ``adapter`` declared ``interleaved`` (see :func:`action`)."""
+    return [name for name in actions_of(adapter) if getattr(getattr(adapter, name), INTERLEAVED)]
 
 
 class Adapter:
@@ -41,6 +97,11 @@ class Adapter:
     # The database being checked (set by the checker before :meth:`setup`): where an
     # adapter opens connections of its own, e.g. to create its tables.
     dsn: str = ""
+    # The checker's time one round trip of a worker takes. 0: time moves only when the
+    # program moves it (and by sleeps). A system whose leases must outlast its work sets
+    # it (the reference: 1 s), so that a lease taken at the claim runs down while the
+    # worker works, as it would in production.
+    seconds_per_round_trip: ClassVar[float] = 0.0
 
     async def setup(self, connection: asyncpg.Connection) -> None:
         """Make the system's tables exist and be empty: each example starts from nothing.
@@ -58,6 +119,11 @@ class Adapter:
         ``asyncpg.create_pool(dsn)`` hand out checked connections while checking)."""
         raise NotImplementedError
 
+    async def heal(self) -> None:
+        """Before the drain: the outside world recovers (faults end, a spending cap is
+        lifted), so that every job can finish. Run as an action (``heal``): its writes
+        are observed and judged like any other. Nothing by default."""
+
     async def findings_at_end(self, connection: asyncpg.Connection) -> list[Finding]:
         """The system's own invariants beyond the queue, judged once the drain has
         finished every job: its other tables, read on a connection of the checker's (a
@@ -66,7 +132,8 @@ class Adapter:
         return []
 
     async def teardown(self, connection: asyncpg.Connection) -> None:
-        """After the last example (optional)."""
+        """After the last example, before the checker's connections and server go:
+        close what outlives one example (a pool, an in-process API). Optional."""
 
 
-__all__ = ["Adapter"]
+__all__ = ["Adapter", "action", "actions_of"]

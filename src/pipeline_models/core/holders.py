@@ -40,6 +40,13 @@ class Move(StrEnum):
     FINISH = "finish"  # the holder finished it (succeeded or failed)
     RECOVERY = "recovery"  # another actor took a job in progress out of its holder's hands
     FOREIGN = "foreign"  # a worker wrote a job it did not hold, and not to recover it
+    # Only a job's link to its worker's row was cut (the row pruned once its beats had
+    # stopped: holder.beats_in); a hold stands until someone recovers the job.
+    UNLINK = "unlink"
+    # A write of a worker that held the job before (its hold since ended: recovered, or
+    # put back by itself) where the spec declares holders unfenced (holder.fenced =
+    # false): tolerated, and judged by no invariant.
+    LATE = "late"
     DELETE = "delete"  # the row went away
     OTHER = "other"  # an actor that is not a worker (the enqueuer, an operator)
 
@@ -50,6 +57,7 @@ class Hold:
     since: int  # the audit id of the claim
     at: datetime  # when the claim was written
     crashed: bool = False
+    ref: Any = None  # the holder column the claim wrote (holder.beats_in: its worker row)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class HolderHistory:
     last: dict[str, Hold] = field(default_factory=dict)  # the last hold, even one ended
     claims: Counter[str] = field(default_factory=Counter)
     events: list[Event] = field(default_factory=list)
+    held_before: dict[str, set[str]] = field(default_factory=dict)  # job: who ever held it
 
     def crash(self, worker: str) -> None:
         """``worker`` died: its holds end (its jobs wait for someone to recover them)."""
@@ -105,6 +114,9 @@ class HolderHistory:
             move = Move.OTHER
         elif old is Meaning.CLAIMABLE and new is Meaning.IN_PROGRESS:
             move = Move.CLAIM
+        elif self._unlinks(change):
+            held = hold is not None and hold.worker != change.actor and taken_away is None
+            move = Move.FOREIGN if held else Move.UNLINK
         elif new is Meaning.IN_PROGRESS and (
             hold is None or hold.worker != change.actor or self._expired(hold, change)
         ):
@@ -125,16 +137,36 @@ class HolderHistory:
             move = Move.RECOVERY
         else:
             move = Move.FOREIGN
+        if (
+            move is Move.FOREIGN
+            and not spec.holder.fenced
+            and change.actor in self.held_before.get(job, ())
+        ):
+            move = Move.LATE
+        if declared_extra_move(spec, change):
+            # A declared extra move (an operator's retry of a failed job) starts the job
+            # afresh: its claims are counted from there.
+            self.claims[job] = 0
         if spec.stage and change.value(spec.stage) != change.value(spec.stage, new=False):
             # A job that moved to its next stage is delivered afresh: a poison job is one
             # claimed again and again without getting anywhere.
             self.claims[job] = 0
+        if (move is Move.RELEASE and self._deferred(change)) or move is Move.OTHER:
+            # The holder put its job off to a later time on purpose (a Retry-After, a
+            # backoff), or someone outside the queue changed it (an operator releasing a
+            # job held for a spending cap): a fresh start, not a poison loop. The attempts
+            # column, where declared, bounds the failures among such claims.
+            self.claims[job] = 0
         claims = self.claims[job]
         if move in (Move.CLAIM, Move.TAKEOVER):
+            self.held_before.setdefault(job, set()).add(change.actor)
             claims = self.claims[job] = claims + 1
-            self.holds[job] = self.last[job] = Hold(change.actor, change.audit_id, change.at)
+            ref = change.value(spec.holder.column or "")
+            self.holds[job] = self.last[job] = Hold(
+                change.actor, change.audit_id, change.at, ref=ref
+            )
         elif move in (Move.RELEASE, Move.FINISH, Move.RECOVERY, Move.DELETE) or (
-            move is Move.OTHER and new is not Meaning.IN_PROGRESS
+            move in (Move.OTHER, Move.LATE) and new is not Meaning.IN_PROGRESS
         ):
             self.holds.pop(job, None)
         event = Event(change, move, hold, previous, taken_away, claims)
@@ -151,11 +183,49 @@ class HolderHistory:
             return Move.FINISH if self.spec.finished is not Finished.KEPT else Move.DELETE
         return Move.FOREIGN
 
+    def _deferred(self, change: AuditRow) -> bool:
+        due = moment_of(change.value(self.spec.due)) if self.spec.due else None
+        return due is not None and due > change.at
+
+    def _unlinks(self, change: AuditRow) -> bool:
+        """holder.beats_in: a write that only cut the job's link to a worker row (the
+        row's deletion setting the reference to NULL), whatever the job's state."""
+        column = self.spec.holder.column or ""
+        if not self.spec.holder.beats_in or change.old is None or change.new is None:
+            return False
+        rest = {key: value for key, value in change.old.items() if key != column}
+        return (
+            change.value(column) is None
+            and change.value(column, new=False) is not None
+            and rest == {key: value for key, value in change.new.items() if key != column}
+        )
+
+    def _beat_gone(self, hold: Hold, change: AuditRow) -> str | None:
+        """holder.beats_in: why the hold's worker row shows no recent sign of life."""
+        holder = self.spec.holder
+        if hold.ref is None:
+            return None  # its claim named no worker row: no beat to go stale, only a crash
+        row = (change.beats or {}).get(str(hold.ref))
+        if row is None:
+            return f"no beat of its row {hold.ref} in {holder.beats_in} was committed"
+        if row.operation == "DELETE":
+            return f"its row {hold.ref} in {holder.beats_in} was deleted at {_time(row.at)}"
+        mark = moment_of(row.value(holder.beat or ""))
+        timeout = timedelta(seconds=holder.timeout_seconds or 0)
+        if mark is not None and mark + timeout <= change.at:
+            return (
+                f"its worker's heartbeat ({_time(mark)}) was older than "
+                f"{holder.timeout_seconds:g} s at {_time(change.at)}"
+            )
+        return None
+
     def taken_away(self, hold: Hold, change: AuditRow) -> str | None:
         """Why ``hold`` could be taken from its worker at ``change``'s time (None: it
         could not be: the worker still held the job)."""
         if hold.crashed:
             return f"{hold.worker} had crashed"
+        if self.spec.holder.beats_in:
+            return self._beat_gone(hold, change)
         model = self.spec.holder.model
         mark = moment_of(change.value(self.spec.holder.column or "", new=False))
         if model is HolderModel.LEASE and mark is not None and mark <= change.at:
@@ -176,6 +246,13 @@ class HolderHistory:
             return False
         mark = moment_of(change.value(self.spec.holder.column or "", new=False))
         return mark is not None and mark <= change.at
+
+
+def declared_extra_move(spec: Spec, change: AuditRow) -> bool:
+    """Whether ``change`` makes one of the spec's extra moves (state, old to new)."""
+    if change.operation != "UPDATE":
+        return False
+    return (change.value(spec.state, new=False), change.value(spec.state)) in spec.extra_moves
 
 
 def moment_of(value: Any) -> datetime | None:

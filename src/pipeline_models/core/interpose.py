@@ -12,7 +12,9 @@ Wherever such a task makes a round trip, it first waits for the scheduler's leav
   COMMIT``;
 * an HTTP request through :class:`CheckedTransport` (an httpx transport wrapping the
   worker's own), before it is sent and after its answer (its effect is out);
-* ``asyncio.sleep``: the worker waits for the checker's time to pass, not the wall's.
+* ``asyncio.sleep``: the worker waits for the checker's time to pass, not the wall's;
+* a call run in a thread (``asyncio.to_thread``, ``loop.run_in_executor``) is in flight
+  until it returns.
 
 The session of every connection a worker uses is named after it (``application_name``,
 so the audit trail knows the actor) and reads the checker's clock (``search_path``).
@@ -24,8 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import re
 import time
+import weakref
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -73,6 +78,7 @@ class Actor(Protocol):
 
 
 ACTOR: ContextVar[Actor | None] = ContextVar("pipeline_models_actor", default=None)
+OPENED: weakref.WeakSet[CheckedConnection] = weakref.WeakSet()
 
 _REAL_SLEEP = asyncio.sleep
 _NOT_PARKED = frozenset({"BEGIN", "START", "SAVEPOINT", "RELEASE", "SET", "SHOW", "RESET"})
@@ -89,6 +95,12 @@ def describe_statement(sql: str) -> tuple[str, str]:
     ('commit', 'COMMIT')
     >>> describe_statement("BEGIN ISOLATION LEVEL READ COMMITTED")[0]
     'begin'
+
+    An empty statement (a pool's liveness check, psycopg_pool's ``check_connection``)
+    reads and writes nothing: in flight only, no checkpoint.
+
+    >>> describe_statement("")[0]
+    'begin'
     """
     text = " ".join(_COMMENTS.sub(" ", sql).split()).rstrip(";").strip()
     first = text.split(" ", 1)[0].upper() if text else ""
@@ -96,7 +108,7 @@ def describe_statement(sql: str) -> tuple[str, str]:
         kind = "commit"
     elif first in ("ROLLBACK", "ABORT"):
         kind = "rollback"
-    elif first in _NOT_PARKED:
+    elif first in _NOT_PARKED or not text:
         kind = "begin"
     else:
         kind = "statement"
@@ -109,6 +121,15 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def terminate_every_connection() -> None:
+    """Cut every checked connection still open: the checker closes, and nothing of it
+    may outlive it (a pool's background reconnect after a crash cut its connection)."""
+    for connection in list(OPENED):
+        if not connection.is_closed():
+            with contextlib.suppress(Exception):
+                connection.terminate()
+
+
 class CheckedConnection(asyncpg.Connection):  # type: ignore[misc]
     """An asyncpg connection whose round trips, made by a worker, wait for the scheduler.
 
@@ -117,6 +138,15 @@ class CheckedConnection(asyncpg.Connection):  # type: ignore[misc]
 
     _pm_actor_name: str | None = None
     _pm_search_path: str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        OPENED.add(self)
+        # The worker that opened it owns it from now on: one crashed before its first
+        # statement must not leave it open (an unclosed connection at exit).
+        actor = ACTOR.get()
+        if actor is not None:
+            actor.uses(self)
 
     async def _pm_before(self, query: str) -> tuple[Actor | None, str]:
         actor = ACTOR.get()
@@ -155,7 +185,9 @@ class CheckedConnection(asyncpg.Connection):  # type: ignore[misc]
         if actor is None:
             yield
             return
-        token = actor.flying(self.get_server_pid(), label)
+        # A connection the checker cut (a crash) has no backend left to look at.
+        pid = None if self.is_closed() else self.get_server_pid()
+        token = actor.flying(pid, label)
         try:
             yield
         finally:
@@ -164,6 +196,14 @@ class CheckedConnection(asyncpg.Connection):  # type: ignore[misc]
     async def close(self, *, timeout: float | None = None) -> None:
         with self._pm_flying(ACTOR.get(), "closing its connection"):
             await super().close(timeout=timeout)
+
+    async def reset(self, *, timeout: float | None = None) -> None:
+        """A pool resets a connection it takes back (``RESET ALL``): the session's name
+        and the checker's clock go with it, so the next actor to use it names it again."""
+        try:
+            await super().reset(timeout=timeout)
+        finally:
+            self._pm_actor_name = None
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
         if args:  # through _execute, which is interposed
@@ -325,8 +365,14 @@ async def in_a_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
     actor = ACTOR.get()
     if actor is not None:
         actor.thread_starts()
+    # asyncio.to_thread, but not the checked run_in_executor: this thread is followed
+    # round trip by round trip (thread_starts, from_thread), not as one call in flight.
+    call = functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
     try:
-        return await asyncio.to_thread(function, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        if isinstance(loop, asyncio.BaseEventLoop):
+            return await _REAL_RUN_IN_EXECUTOR(loop, None, call)
+        return await loop.run_in_executor(None, call)  # a loop the checks do not patch
     finally:
         if actor is not None:
             actor.from_thread(None)  # the thread is over: nothing of it runs any more
@@ -389,6 +435,22 @@ async def _checked_sleep(delay: float, result: Any = None) -> Any:
     return result
 
 
+def _in_flight(connect: Any, label: str) -> Any:
+    """``connect``, marked in flight for the actor that calls it (if any)."""
+
+    async def connecting(*args: Any, **kwargs: Any) -> Any:
+        actor = ACTOR.get()
+        if actor is None:
+            return await connect(*args, **kwargs)
+        token = actor.flying(None, label)
+        try:
+            return await connect(*args, **kwargs)
+        finally:
+            actor.landed(token)
+
+    return connecting
+
+
 @contextlib.contextmanager
 def patched_drivers() -> Iterator[None]:
     """While checking: ``asyncpg.connect``/``create_pool`` hand out checked connections,
@@ -414,12 +476,16 @@ def patched_drivers() -> Iterator[None]:
         kwargs["connection_class"] = checked_class(
             kwargs.get("connection_class", asyncpg.Connection)
         )
+        # The pool's own connects are in flight too: a worker waiting for its pool to
+        # connect is moving, not idle (or when it is seen idle would depend on timing).
+        kwargs["connect"] = _in_flight(kwargs.get("connect") or original_connect, "connecting")
         return original_pool(*args, **kwargs)
 
     asyncpg.connect = connect
     asyncpg.create_pool = create_pool
     asyncio.sleep = _checked_sleep
     time.sleep = _checked_time_sleep
+    asyncio.BaseEventLoop.run_in_executor = _checked_run_in_executor  # type: ignore[method-assign,assignment]
     restore_psycopg = _patch_psycopg()
     try:
         yield
@@ -428,7 +494,26 @@ def patched_drivers() -> Iterator[None]:
         asyncpg.create_pool = original_pool
         asyncio.sleep = _REAL_SLEEP
         time.sleep = _REAL_TIME_SLEEP
+        asyncio.BaseEventLoop.run_in_executor = _REAL_RUN_IN_EXECUTOR  # type: ignore[method-assign]
         restore_psycopg()
+
+
+_REAL_RUN_IN_EXECUTOR = asyncio.BaseEventLoop.run_in_executor
+
+
+def _checked_run_in_executor(
+    self: asyncio.BaseEventLoop, executor: Any, func: Any, *args: Any
+) -> asyncio.Future[Any]:
+    """A worker's call run in a thread (``asyncio.to_thread``, ``run_in_executor``: the
+    openai SDK reads the platform so on its first request) is in flight until it comes
+    back. Unseen, the worker looked settled while the thread ran, and whether its step
+    reached the next round trip depended on how fast the thread was."""
+    future = _REAL_RUN_IN_EXECUTOR(self, executor, func, *args)
+    actor = ACTOR.get()
+    if actor is not None:
+        token = actor.flying(None, "running a call in a thread")
+        future.add_done_callback(lambda _: actor.landed(token))
+    return future
 
 
 def _patch_psycopg() -> Any:
@@ -447,15 +532,23 @@ def _patch_psycopg() -> Any:
             return await original.__func__(checked, *args, **kwargs)
         token = actor.flying(None, "connecting")
         try:
-            return await original.__func__(checked, *args, **kwargs)
+            connection = await original.__func__(checked, *args, **kwargs)
         finally:
             actor.landed(token)
+        # The worker's own from now on, used or not: a pool's spare connections go with
+        # it when it crashes (they were left open, idle, example after example).
+        actor.uses(connection)
+        return connection
 
     psycopg.AsyncConnection.connect = classmethod(connect)  # type: ignore[method-assign,assignment]
     original_sync = psycopg.Connection.__dict__["connect"]
 
     def connect_sync(cls: type[Any], *args: Any, **kwargs: Any) -> Any:
-        return original_sync.__func__(checked_psycopg_class(cls), *args, **kwargs)
+        connection = original_sync.__func__(checked_psycopg_class(cls), *args, **kwargs)
+        actor = ACTOR.get()
+        if actor is not None:
+            actor.uses(connection)
+        return connection
 
     psycopg.Connection.connect = classmethod(connect_sync)  # type: ignore[method-assign,assignment]
     # psycopg.connect is Connection.connect, bound when psycopg was imported.

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pipeline_models.core.holders import Event, Move
+from pipeline_models.core.holders import Event, Move, declared_extra_move
 from pipeline_models.core.spec import TERMINAL, Finished, HolderModel, Meaning, Spec
 
 ORDER = (
@@ -146,6 +146,10 @@ class QueueJudge:
     owed: dict[str, int] = field(default_factory=dict)
     floor: dict[str, int] = field(default_factory=dict)
     progress_in: dict[str, str] = field(default_factory=dict)  # job -> xid of its progress
+    # Jobs an unfenced holder wrote late (holder.fenced = false): the spec tolerates the
+    # write, and with it a count it pushed past the limit and the claims after it (a
+    # retry decided on the attempts its late worker read before its job was put back).
+    written_late: set[str] = field(default_factory=set)
     finished: set[str] = field(default_factory=set)  # deleted once finished
     deleted: set[str] = field(default_factory=set)  # every deletion the trail shows
     _redelivered: set[str] = field(default_factory=set)
@@ -309,8 +313,8 @@ class QueueJudge:
         spec = self.spec
         change = event.change
         found: list[Finding] = []
-        if change.operation == "DELETE":
-            return found  # judged by no_loss
+        if change.operation == "DELETE" or event.move in (Move.UNLINK, Move.LATE):
+            return found  # judged by no_loss; an unlink is no move of the job
         old_value, new_value = _state(event, spec, new=False), _state(event, spec)
         old, new = spec.meaning(old_value), spec.meaning(new_value)
         if new is None:
@@ -400,10 +404,19 @@ class QueueJudge:
             return []
         if new is None:
             return []
+        if event.move is Move.LATE:
+            self.written_late.add(job)
+            self.floor[job] = max(self.floor.get(job, old or 0), new)
+            return []
         if any(
             change.value(column) != change.value(column, new=False) for column in attempts.resets_on
         ):
             self.progress_in[job] = change.xid
+        if declared_extra_move(self.spec, change):
+            # An operator's retry (a declared extra move) gives the job a fresh budget.
+            self.floor[job] = new
+            self.owed[job] = 0
+            return []
         if new < (old or 0) and self.progress_in.get(job) == change.xid:
             # Progress in this transaction, and a fresh budget for the next step (as the
             # spec declares: attempts.resets_on).
@@ -414,6 +427,23 @@ class QueueJudge:
         recovered = event.move is Move.RECOVERY or (
             event.move is Move.TAKEOVER and event.taken_away is not None
         )
+        returned = (recovered or event.move is Move.RELEASE) and self.spec.meaning(
+            _state(event, self.spec)
+        ) is Meaning.CLAIMABLE
+        if attempts.counts == "returns" and returned:
+            if new != (old or 0) + 1:
+                found.append(
+                    Finding(
+                        "attempts",
+                        "a return to the queue was not counted once: a job that fails for "
+                        "ever is retried for ever",
+                        job,
+                        f"{(old or 0) + 1} in the write that put it back",
+                        f"{old} → {new} by {change.actor} ({_move(event, self.spec)})",
+                    )
+                )
+            self.floor[job] = max(floor, new)
+            return found + self._past_limit(event, new)
         if recovered:
             self.owed[job] = self.owed.get(job, 0) + 1  # due by the end of the next claim
         if attempts.counts == "claims" and event.move in (Move.CLAIM, Move.TAKEOVER):
@@ -469,19 +499,26 @@ class QueueJudge:
             paid = min(max(new - floor, 0), self.owed[job])
             self.owed[job] -= paid
         self.floor[job] = max(floor, new)
-        if new > attempts.limit and _state(event, self.spec) is not None:
-            meaning = self.spec.meaning(_state(event, self.spec))
-            if meaning not in TERMINAL:
-                found.append(
-                    Finding(
-                        "attempts",
-                        "a job was kept going past its attempts limit",
-                        job,
-                        f"failed once attempts reach {attempts.limit}",
-                        f"attempts {new}, {_state(event, self.spec)!r}",
-                    )
-                )
-        return found
+        return found + self._past_limit(event, new)
+
+    def _past_limit(self, event: Event, attempts: int) -> list[Finding]:
+        assert self.spec.attempts is not None
+        state = _state(event, self.spec)
+        if attempts <= self.spec.attempts.limit or state is None:
+            return []
+        if event.change.job_id in self.written_late:
+            return []
+        if self.spec.meaning(state) in TERMINAL:
+            return []
+        return [
+            Finding(
+                "attempts",
+                "a job was kept going past its attempts limit",
+                event.change.job_id,
+                f"failed once attempts reach {self.spec.attempts.limit}",
+                f"attempts {attempts}, {state!r}",
+            )
+        ]
 
     def _initial(self, job: str) -> int:
         return 0
@@ -491,8 +528,8 @@ class QueueJudge:
         limit = self.spec.delivery_limit
         if event.move not in (Move.CLAIM, Move.TAKEOVER) or event.claims <= limit:
             return []
-        if job in self._redelivered:
-            return []
+        if job in self._redelivered or job in self.written_late:
+            return []  # reported once; or put back again by a late write the spec tolerates
         self._redelivered.add(job)
         why = (
             f"attempts limit {self.spec.attempts.limit} + 1"

@@ -24,7 +24,9 @@ import asyncio
 import atexit
 import contextlib
 import os
+import re
 import sys
+import traceback
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,10 +39,10 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
-from pipeline_models.core.adapter import Adapter
+from pipeline_models.core.adapter import Adapter, actions_of, interleaved_actions_of
 from pipeline_models.core.clock import CheckerClock
-from pipeline_models.core.holders import HolderHistory, moment_of
-from pipeline_models.core.interpose import patched_drivers
+from pipeline_models.core.holders import HolderHistory, Move, moment_of
+from pipeline_models.core.interpose import patched_drivers, terminate_every_connection
 from pipeline_models.core.invariants import (
     ORDER,
     Finding,
@@ -57,7 +59,7 @@ from pipeline_models.core.scheduler import (
     task_factory,
 )
 from pipeline_models.core.server import Server
-from pipeline_models.core.spec import TERMINAL, HolderModel, Meaning, Spec
+from pipeline_models.core.spec import TERMINAL, HolderModel, Meaning, Spec, SpecError
 from pipeline_models.interrupts import stop_if_asked
 from pipeline_models.profiles import machine_settings
 
@@ -102,10 +104,12 @@ class _Runtime:
         self.loop = self.runner.get_loop()
         self.scheduler: RoundTripScheduler | None = None
         self.loop.set_task_factory(task_factory(lambda: self.scheduler))
+        self.loop.set_exception_handler(_a_warning)
         self.server = Server.from_environment(self.server_url)
         self.monitor: asyncpg.Connection = self.run(self.server.connect(application_name=CHECKER))
         self.enqueuer: asyncpg.Connection = self.run(self.server.connect(application_name=ENQUEUER))
         self.observers: dict[int, Observer] = {}
+        self.adapters: dict[type[Adapter], Adapter] = {}  # each one's teardown runs at close
         # This process's own trail and clock: checks running side by side on one server
         # (a CI matrix, mutant runs) neither read each other's changes nor move each
         # other's time. Left over by a process with the same pid: dropped first.
@@ -122,9 +126,13 @@ class _Runtime:
         return cls.current
 
     def run(self, awaitable: Awaitable[T]) -> T:
+        # Made current again each time: an asyncio.run() in between (a test's, a tool's)
+        # leaves the main thread with no current loop, and code that asks for it fails.
+        asyncio.set_event_loop(self.loop)
         return self.loop.run_until_complete(awaitable)
 
     async def observer(self, adapter: Adapter) -> Observer:
+        self.adapters.setdefault(type(adapter), adapter)
         spec = adapter.spec
         observer = self.observers.get(id(spec))
         if observer is None:
@@ -145,6 +153,9 @@ class _Runtime:
         runtime, cls.current = cls.current, None
         if runtime is None:
             return
+        for adapter in runtime.adapters.values():
+            with contextlib.suppress(Exception):
+                runtime.run(adapter.teardown(runtime.monitor))
         # The checker's schemas go, and with their trigger functions the triggers on the
         # user's tables (CASCADE): nothing of the check is left, even on a table that a
         # test dropped meanwhile.
@@ -156,7 +167,9 @@ class _Runtime:
             runtime.run(runtime.monitor.close())
         with contextlib.suppress(Exception):
             runtime.run(runtime.enqueuer.close())
+        terminate_every_connection()
         runtime.runner.close()
+        terminate_every_connection()  # one a cancelled task's cleanup opened
         runtime.server.close()
 
 
@@ -167,10 +180,30 @@ def _drop_schemas(*names: str) -> str:
     return f"SET lock_timeout = '5s'; {drops}; RESET lock_timeout"
 
 
+def _a_warning(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """What asyncio would print to stderr (a worker's task that failed and nobody awaited,
+    say): a warning of the report, once, not a traceback amid the checker's output."""
+    said = [context.get("message", "an error in the event loop")]
+    error = context.get("exception")
+    while error is not None:  # an exception and its causes, one line each
+        said.append(f"{type(error).__name__}: {' '.join(str(error).split())}".strip(": "))
+        error = error.__cause__
+    # Numbers (a job's id) differ from one example to the next: one warning for all.
+    warning = re.sub(r"\d+", "N", "asyncio: " + ", from ".join(said))
+    if warning not in STATISTICS.warnings:
+        STATISTICS.warnings.append(warning)
+
+
 def use_server(url: str | None) -> None:
     """Make every queue machine in this process use the server at ``url`` (None: the
     environment's DATABASE_URL, else an embedded one)."""
     _Runtime.server_url = url
+
+
+def close_checker() -> None:
+    """Run the adapters' teardowns and close the checker's connections now, not at exit:
+    before the server they use stops (a test session's embedded one, say)."""
+    _Runtime.close()
 
 
 def clock_steps(spec: Spec) -> tuple[int, ...]:
@@ -199,15 +232,24 @@ class QueueMachine(RuleBasedStateMachine):
     WORKER_SLOTS: ClassVar[tuple[str, ...]] = ("w1", "w2")
     MAX_JOBS: ClassVar[int] = MAX_JOBS
     DRAIN: ClassVar[bool] = True
+    ACTIONS: ClassVar[tuple[str, ...]] = ()  # the adapter's actions drawn as rules
     # Causes already reported (by an earlier round of the same run): an example whose
     # first finding is one of them is discarded, so that the search finds the others.
     KNOWN: ClassVar[frozenset[str]] = frozenset()
+    # Once an example has failed before its drain, the search that found it (Hypothesis
+    # shrinking it, or looking on for other bugs) skips the drains: a drain can only
+    # show some other failure, which the next round looks for, and it costs most of an
+    # example, so shrinking gets several times the tries in its time. Set on the class a
+    # search runs (report.run makes one a round); a machine run twice never sets it.
+    SKIP_DRAINS_ONCE_FAILED: ClassVar[bool] = False
+    failed_before_a_drain: ClassVar[bool] = False
 
     def __init__(self) -> None:
         stop_if_asked()  # Ctrl-C (see interrupts): before an example, nothing is half done
         super().__init__()
         self.runtime = _Runtime.get()
         self.adapter = self.ADAPTER()
+        self._draining = False
         self.adapter.dsn = self.runtime.server.url
         self.spec = self.adapter.spec
         self.clock = CheckerClock()
@@ -229,6 +271,12 @@ class QueueMachine(RuleBasedStateMachine):
         self.crashed: set[str] = set()
         self.jobs = 0
         self._target = 0.0
+        self.actions = 0
+        # Actions still running (waiting on a worker's lock): what each will report.
+        self.pending: dict[str, list[Finding]] = {}
+        # Actions started by start_<name>, moved by step_an_action only (until the drain).
+        self.started: list[str] = []
+        self.reported: list[Finding] = []
         for slot in self.WORKER_SLOTS:
             self._add_worker(slot)
         STATISTICS.examples += 1
@@ -306,6 +354,7 @@ class QueueMachine(RuleBasedStateMachine):
             return None
         report = self._run(self.scheduler.step(self.worker_name(worker)))
         STATISTICS.steps += 1
+        self._work_takes_time()
         note(str(report))
         return report
 
@@ -327,6 +376,78 @@ class QueueMachine(RuleBasedStateMachine):
         self.incarnation[worker] += 1
         self._add_worker(worker)
 
+    def _act(self, name: str, drawn: dict[str, Any], *, started: bool = False) -> None:
+        """Run the adapter's action ``name`` as an actor of its own (see
+        :func:`~pipeline_models.core.adapter.action`); ``started``: only as far as its
+        first round trip, the rest by ``step_an_action``."""
+        self.actions += 1
+        actor = f"{name} #{self.actions}"
+        method = getattr(self.adapter, name)
+        found: list[Finding] = []
+
+        async def main() -> None:
+            found.extend(await method(**drawn) or ())
+
+        self.scheduler.add(actor, main)
+        self.pending[actor] = found
+        if started:
+            self.started.append(actor)
+            self._step_action(actor)
+        self._check()
+
+    def step_an_action(self, pick: int) -> None:
+        """A started action makes its next round trip (rule of machines whose adapter
+        has interleaved actions)."""
+        if not self.started:
+            return
+        self._step_action(self.started[pick % len(self.started)])
+        self._check()
+
+    def _step_action(self, actor: str) -> None:
+        report = self._run(self.scheduler.step(actor))
+        note(str(report))
+        if report.outcome is Outcome.ENDED:
+            self._action_ended(actor, report)
+
+    def _settle_actions(self) -> None:
+        """Every action still running goes on until it ends or waits on a lock (but those
+        the program started and moves itself, until the drain)."""
+        for actor in [a for a in self.pending if a not in self.started]:
+            report = self._run(self.scheduler.step(actor))
+            while report.outcome is Outcome.PARKED:
+                report = self._run(self.scheduler.step(actor))
+            if report.outcome is Outcome.ENDED:
+                self._action_ended(actor, report)
+            else:
+                note(str(report))
+
+    def _action_ended(self, actor: str, report: StepReport) -> None:
+        # A deadlock's detail names backends: each is named after its worker or action,
+        # while the one that ended still has its own.
+        said = self.scheduler.name_sessions(str(report.error))
+        # Not crashed: what it left open (a pool's connections) may serve the next.
+        self.scheduler.forget(actor)
+        if actor in self.started:
+            self.started.remove(actor)
+        self.reported += self.pending.pop(actor)
+        if report.error is not None:
+            # The system raised to one of its users (the API would answer 500).
+            error = report.error
+            self.reported.append(
+                Finding(
+                    "actions",
+                    f"{actor} raised {type(error).__name__}: {said}",
+                    None,
+                    "an answer",
+                    "".join(traceback.format_exception(error)[-3:]).strip(),
+                )
+            )
+
+    def _work_takes_time(self) -> None:
+        seconds = self.adapter.seconds_per_round_trip
+        if seconds:
+            self._move_clock(timedelta(seconds=seconds))
+
     def _move_clock(self, by: timedelta) -> None:
         self.clock.set(self.clock.now() + by)
         self._run(self.clock.publish())
@@ -339,6 +460,8 @@ class QueueMachine(RuleBasedStateMachine):
     def _check(self) -> None:
         stop_if_asked()  # Ctrl-C: after a rule, or in the drain, the teardown undoes the rest
         STATISTICS.rules += 1
+        if self.pending:
+            self._settle_actions()
         self._run(self.trail.read(self.runtime.monitor))
         self._aim()
         self._judge()
@@ -346,7 +469,7 @@ class QueueMachine(RuleBasedStateMachine):
     def _aim(self) -> None:
         """Steer the search (targeted property-based testing) towards the zombie's
         window: a worker about to write a job it holds while its hold grows old."""
-        column = self.spec.holder.column
+        column = self.spec.holder.time_column
         if column is None:
             return
         now = self.clock.now()
@@ -363,10 +486,17 @@ class QueueMachine(RuleBasedStateMachine):
     def _judge(self, extra: Iterable[Finding] = ()) -> None:
         new = self.trail.changes[len(self.holders.events) :]
         events = [self.holders.apply(change) for change in new]
+        for event in events:  # a job the system made itself (an action, a worker) counts too
+            if event.move is Move.INSERT and event.change.job_id not in self.judge.enqueued:
+                self.judge.enqueued.append(event.change.job_id)
         findings = [*self.judge.judge(events), *self.judge.check_rows(self.trail.rows), *extra]
+        findings += self.reported
+        self.reported = []
         # A call's effect belongs to the jobs its worker held when it was answered: a
         # worker stops right after each answer, so this check sees that moment.
         for slot in self.scheduler.slots.values():
+            if slot.name not in self.holders.workers:
+                slot.effects.clear()  # an action's calls are no job's effect
             for label, at in slot.effects:
                 held = [job for job, hold in self.holders.holds.items() if hold.worker == slot.name]
                 findings += self.judge.effects(slot.name, label, at, held)
@@ -383,13 +513,16 @@ class QueueMachine(RuleBasedStateMachine):
             reject()
         if ordered:
             STATISTICS.failures += 1
+            if self.SKIP_DRAINS_ONCE_FAILED and not self._draining:
+                type(self).failed_before_a_drain = True
         raise_findings(ordered)
 
     def teardown(self) -> None:
         if currently_in_test_context():
             target(self._target, label="age of a held job at its holder's pending write")
         try:
-            if sys.exception() is None and self.DRAIN:
+            if sys.exception() is None and self.DRAIN and not self.failed_before_a_drain:
+                self._draining = True
                 self._drain()
         finally:
             try:
@@ -402,14 +535,12 @@ class QueueMachine(RuleBasedStateMachine):
         """Every live worker runs on, one at a time (each until it waits for time or
         for another: the drain makes no race of its own), time moving whenever nobody
         can; then every job must be finished (liveness)."""
-        live = [self.worker_name(slot) for slot in self.WORKER_SLOTS if slot not in self.crashed]
-        if not live:
-            self.incarnation["w1"] += 1
-            self.crashed.discard("w1")
-            self._add_worker("w1")
-            live = [self.worker_name("w1")]
         timeout = self.spec.holder.timeout_seconds or 30
+        self.started.clear()  # the drain lets every started action finish
+        if type(self.adapter).heal is not Adapter.heal:
+            self._act("heal", {})
         for _ in range(DRAIN_ROUNDS):
+            live = self._live_for_the_drain()
             self._check()
             if self._all_finished():
                 break
@@ -421,6 +552,7 @@ class QueueMachine(RuleBasedStateMachine):
                         break
                     self._run(self.scheduler.step(name))
                     STATISTICS.drain_steps += 1
+                    self._work_takes_time()
                     moved = True
                     if self.scheduler.slots[name].effects:
                         self._check()  # a call's effect is judged at its moment
@@ -437,10 +569,38 @@ class QueueMachine(RuleBasedStateMachine):
             else:
                 self._move_clock(timedelta(seconds=timeout + 1))
         self._check()
-        found = self.judge.liveness(self.trail.rows)
+        found = self.judge.liveness(self.trail.rows) + [
+            Finding(
+                "liveness",
+                f"{actor} still waited on a lock when every worker was done",
+                None,
+                "every action of the program answered",
+                self.scheduler.report(actor),
+            )
+            for actor in self.pending
+        ]
         if not found:  # every job finished: the system's own invariants (if any)
             found = self._run(self.adapter.findings_at_end(self.runtime.monitor))
         self._judge(found)
+
+    def _live_for_the_drain(self) -> list[str]:
+        """The workers that can still work; one restarted if none can. A worker whose main
+        loop ended (at any point of the drain) is a dead process: what is left of it is
+        crashed, as a fault healed (a procrastinate worker pruned by another dies at its
+        next fetch, its worker_id gone)."""
+        for slot in self.WORKER_SLOTS:
+            name = self.worker_name(slot)
+            if slot not in self.crashed and self.scheduler.slots[name].ended:
+                self._run(self.scheduler.crash(name))
+                self.holders.crash(name)
+                self.crashed.add(slot)
+        live = [self.worker_name(slot) for slot in self.WORKER_SLOTS if slot not in self.crashed]
+        if not live:
+            self.incarnation["w1"] += 1
+            self.crashed.discard("w1")
+            self._add_worker("w1")
+            live = [self.worker_name("w1")]
+        return live
 
     def _next_moment(self, now: datetime) -> datetime | None:
         """The earliest time after ``now`` the job table names: a job falls due, a lease
@@ -451,8 +611,9 @@ class QueueMachine(RuleBasedStateMachine):
         for row in self.trail.rows.values():
             if spec.due:
                 moments.append(moment_of(row.get(spec.due)))
-            if spec.holder.column and spec.meaning(row.get(spec.state)) is Meaning.IN_PROGRESS:
-                mark = moment_of(row.get(spec.holder.column))
+            column = spec.holder.time_column
+            if column and spec.meaning(row.get(spec.state)) is Meaning.IN_PROGRESS:
+                mark = moment_of(row.get(column))
                 if mark is not None and spec.holder.model is HolderModel.HEARTBEAT:
                     mark += stale_after
                 moments.append(mark)
@@ -501,31 +662,68 @@ def machine_for(
     workers: Sequence[str] = ("w1", "w2"),
     max_jobs: int = MAX_JOBS,
     drain: bool = True,
+    actions: Iterable[str] | None = None,
 ) -> type[QueueMachine]:
     """A queue machine for ``adapter``, checking ``invariants`` (all by default) but
-    those ``without``. Its ``TestCase`` is a test."""
+    those ``without``, drawing the adapter's ``actions`` (all by default; ``()``: the
+    queue alone, where every rule drawn is a queue's). Its ``TestCase`` is a test."""
     chosen = select(invariants, without=without)
+    declared = actions_of(adapter)
+    drawn = list(declared) if actions is None else list(actions)
+    unknown = sorted(set(drawn) - set(declared))
+    if unknown:
+        raise SpecError(
+            f"{adapter.__name__} has no action {', '.join(unknown)}; its actions: "
+            f"{', '.join(sorted(declared)) or 'none'}"
+        )
 
     @rule(seconds=st.sampled_from(clock_steps(adapter.spec)))
     def advance_clock(self: QueueMachine, seconds: int) -> None:
         """Time moves on, by steps around the spec's timeouts (:func:`clock_steps`)."""
         self._move_clock(timedelta(seconds=seconds))
 
-    machine: type[QueueMachine] = type(
-        f"{adapter.__name__}Machine",
-        (QueueMachine,),
-        {
-            "ADAPTER": adapter,
-            "INVARIANTS": chosen,
-            "WORKER_SLOTS": tuple(workers),
-            "MAX_JOBS": max_jobs,
-            "DRAIN": drain and "liveness" in chosen,
-            "advance_clock": advance_clock,
-            "__module__": adapter.__module__,
-        },
-    )
+    namespace: dict[str, Any] = {
+        "ADAPTER": adapter,
+        "INVARIANTS": chosen,
+        "WORKER_SLOTS": tuple(workers),
+        "MAX_JOBS": max_jobs,
+        "DRAIN": drain and "liveness" in chosen,
+        "advance_clock": advance_clock,
+        "ACTIONS": tuple(drawn),
+        "__module__": adapter.__module__,
+    }
+    for name in drawn:
+        arguments = declared[name]
+        if hasattr(QueueMachine, name) or name in namespace:
+            raise SpecError(
+                f"{adapter.__name__}.{name}: an action may not take the name of one of "
+                "the queue machine's own rules or attributes; rename it"
+            )
+        namespace[name] = _action_rule(name, arguments)
+    interleaved = [name for name in interleaved_actions_of(adapter) if name in drawn]
+    for name in interleaved:
+        start = f"start_{name}"
+        if hasattr(QueueMachine, start) or start in namespace:
+            raise SpecError(
+                f"{adapter.__name__}.{name} is interleaved: its rule {start} may not take "
+                "the name of another rule or attribute; rename one of them"
+            )
+        namespace[start] = _action_rule(name, declared[name], started=True)
+    if interleaved:
+        namespace["step_an_action"] = rule(pick=st.integers(0, 3))(QueueMachine.step_an_action)
+    machine: type[QueueMachine] = type(f"{adapter.__name__}Machine", (QueueMachine,), namespace)
     machine.TestCase.settings = queue_settings()
     return machine
+
+
+def _action_rule(
+    name: str, arguments: dict[str, st.SearchStrategy[Any]], *, started: bool = False
+) -> Any:
+    def run_action(self: QueueMachine, **drawn: Any) -> None:
+        self._act(name, drawn, started=started)
+
+    run_action.__name__ = run_action.__qualname__ = f"start_{name}" if started else name
+    return rule(**arguments)(run_action)  # type: ignore[call-overload]
 
 
 def note(text: str) -> None:

@@ -47,6 +47,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     invariants: tuple[str, ...] = ()  # what the machine judged (its INVARIANTS)
     own_checks: bool = False  # the adapter judges its own invariants after each drain
+    actions: tuple[str, ...] = ()  # the adapter's actions the machine draws
 
     @property
     def ok(self) -> bool:
@@ -63,6 +64,8 @@ class Report:
             if drained and self.own_checks:
                 drained += ", then the adapter's own (findings_at_end)"
             lines.append(f"invariants checked: {', '.join(judged)}{drained}")
+        if self.actions:
+            lines.append(f"actions drawn: {', '.join(self.actions)}")
         lines += [f"warning: {warning}" for warning in self.warnings]
         if self.ok:
             lines += ["", "OK: no invariant failed"]
@@ -98,6 +101,7 @@ def run(
         profile,
         invariants=machine.INVARIANTS,
         own_checks=machine.ADAPTER.findings_at_end is not Adapter.findings_at_end,
+        actions=machine.ACTIONS,
     )
     before = STATISTICS.examples
     started = time.perf_counter()
@@ -107,7 +111,11 @@ def run(
         searched = type(
             machine.__name__,
             (machine,),
-            {"KNOWN": frozenset(known), "__module__": machine.__module__},
+            {
+                "KNOWN": frozenset(known),
+                "SKIP_DRAINS_ONCE_FAILED": True,
+                "__module__": machine.__module__,
+            },
         )
         found = _search(searched, profile, round_seed, max_examples, shrink_seconds)
         new = [failure for failure in found if failure.invariant not in known]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,12 +38,39 @@ HANG_SECONDS = 30.0
 # that would wait on them for as long as the machine is slow (a lock wait that shows
 # under load and not otherwise: a program that does not replay).
 # $1 pids int[]
-TERMINATE = (
-    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE pid = ANY($1::int[])"
-)
-# A statement still in flight after this long is looked for in pg_stat_activity: is it
-# waiting on a lock? (Most come back long before; the look costs a round trip.)
+_SIGNAL = "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid"
+# A backend leaves pg_stat_activity as its process exits, after its locks are gone.
+_ALIVE = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])"
+
+
+async def terminate(admin: Any, pids: Sequence[int], timeout: float = 5.0) -> None:
+    """End the backends ``pids`` and return once they are gone, their locks with them.
+
+    ``pg_terminate_backend`` only signals a backend; its locks go when its process
+    exits, a few milliseconds later. A scheduler that moved on at once let the next step
+    wait on a dead worker's lock, but only under load (programs that did not replay).
+    Postgres's own wait (``pg_terminate_backend(pid, timeout)``) polls every 100 ms, pid
+    after pid: a tenth of a second a worker at every crash and at every example's end.
+    All are signalled at once here, then looked for every millisecond."""
+    if not pids:
+        return
+    await admin.execute(_SIGNAL, list(pids))
+    deadline = time.monotonic() + timeout
+    while await admin.fetchval(_ALIVE, list(pids)) and time.monotonic() < deadline:
+        await _REAL_SLEEP(0.001)
+
+
+# A statement still in flight after this long is looked for in the lock manager: is it
+# waiting on a lock? (Most come back long before; the look costs a round trip. It is a
+# poll for a fact: how long a statement takes decides nothing.)
 _LOCK_LOOK_SECONDS = 0.02
+# Whom each of $1 waits for, from the lock manager: granted the moment the holder lets
+# go, where pg_stat_activity's wait_event lags until the waiter runs again.
+# $1 pids int[]
+_BLOCKERS = "SELECT pid, pg_blocking_pids(pid) AS blockers FROM unnest($1::int[]) AS pid"
+
+# A crashed worker's tasks still running after this long are cancelled again.
+_RECANCEL_SECONDS = 0.05
 
 
 class SchedulerError(PipelineModelsError):
@@ -207,7 +235,8 @@ class WorkerSlot:
             self.warnings.append(message)
 
     def uses(self, connection: Any) -> None:
-        self.connections.append(connection)
+        if not any(known is connection for known in self.connections):
+            self.connections.append(connection)
         pid = connection.get_server_pid()
         if pid is not None:
             self.pids.add(pid)
@@ -240,6 +269,8 @@ class RoundTripScheduler:
         self.clock_schema = clock_schema
         self.hang_seconds = hang_seconds
         self.slots: dict[str, WorkerSlot] = {}
+        # The sessions of actors that ended (an action answered): still named in messages.
+        self.former_sessions: dict[int, str] = {}
         self.free = False  # the drain may let workers run without parking
         # Set whenever a round trip comes back or a task starts waiting: settle()
         # sleeps on it instead of polling.
@@ -336,6 +367,23 @@ class RoundTripScheduler:
         point = slot.first_ready(self.clock.now())
         return f"{name} {point.where}" if point else f"{name} idle"
 
+    def name_sessions(self, text: str) -> str:
+        """``text`` (a Postgres message: a deadlock's detail) with every backend of a
+        worker or an action named: ``process 4711 (w1)``."""
+        owners = dict(self.former_sessions)
+        owners |= {pid: name for name, slot in self.slots.items() for pid in slot.pids}
+
+        def named(found: re.Match[str]) -> str:
+            owner = owners.get(int(found[2]))
+            return f"{found[0]} ({owner})" if owner else found[0]
+
+        return re.sub(r"\b([Pp]rocess) (\d+)\b", named, text)
+
+    def forget(self, name: str) -> None:
+        """``name`` ended and is no actor any more; its sessions keep its name."""
+        slot = self.slots.pop(name)
+        self.former_sessions |= dict.fromkeys(slot.pids, name)
+
     def can_move(self, name: str) -> bool:
         """Whether a step of ``name`` would do anything (for the drain)."""
         slot = self.slots[name]
@@ -400,15 +448,32 @@ class RoundTripScheduler:
                 return
 
     async def _see_lock_waits(self, flying: Sequence[_Flying]) -> None:
+        """Mark the statements the lock manager has waiting for a session that will not
+        let go by itself (a parked worker's, an idle one's). Not ``wait_event_type =
+        'Lock'``: the waiter clears that itself once scheduled again, so it still reads
+        'Lock' for a moment after the holder commits, and a statement already on its way
+        would be taken for blocked (and land behind the checker's back) as the machine
+        is slow. A holder that is itself a statement in flight will let go by itself:
+        not blocked yet, look again."""
         pids = sorted({f.pid for f in flying if f.pid is not None})
         if not pids:
             return
-        rows = await self.admin.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[]) "
-            "AND wait_event_type = 'Lock'",
-            pids,
-        )
-        waiting = {row["pid"] for row in rows}
+        # The sessions with a statement on its way. A worker's other sessions are not:
+        # one parked before its COMMIT holds its locks until the scheduler lets it go
+        # (procrastinate's recipe waits on the row its own job's finish just locked).
+        # A statement whose session is not known yet could be on any of its worker's.
+        moving: set[int] = set()
+        for slot in self.slots.values():
+            on_its_way = [f for f in slot.in_flight if not f.blocked and not slot.crashed]
+            moving |= {f.pid for f in on_its_way if f.pid is not None}
+            if any(f.pid is None for f in on_its_way):
+                moving |= slot.pids
+        rows = await self.admin.fetch(_BLOCKERS, pids)
+        waiting = {
+            row["pid"]
+            for row in rows
+            if row["blockers"] and not set(row["blockers"]) & (moving - {row["pid"]})
+        }
         for f in flying:
             if f.pid in waiting:
                 f.blocked = True
@@ -428,21 +493,33 @@ class RoundTripScheduler:
             if not connection.is_closed():
                 connection.terminate()
         slot.connections.clear()
-        tasks = [task for task in {*slot.tasks, slot.task} if task is not None and not task.done()]
-        for task in tasks:
-            task.cancel()
-        for point in slot.waiting:
-            if not point.future.done():
-                point.future.cancel()
-        if tasks:
-            _, stuck = await asyncio.wait(tasks, timeout=self.hang_seconds)
-            if stuck:
+        # Cancelled again, and again, until nothing of it runs: a worker that catches the
+        # cancellation to shut down gracefully (procrastinate waits for its running job,
+        # which starts a task to record the job's end, which waits for a pool connection
+        # nobody will make) would not have gone on either.
+        deadline = time.monotonic() + self.hang_seconds
+        ended: set[asyncio.Task[Any]] = set()
+        while True:
+            tasks = [t for t in {*slot.tasks, slot.task} if t is not None and not t.done()]
+            ended.update(tasks)
+            for point in slot.waiting:
+                if not point.future.done():
+                    point.future.cancel()
+            if not tasks:
+                break
+            for task in tasks:
+                task.cancel()
+            _, stuck = await asyncio.wait(tasks, timeout=_RECANCEL_SECONDS)
+            if stuck and time.monotonic() > deadline:
                 raise SchedulerError(
                     f"{name} did not stop within {self.hang_seconds:g} s of being cancelled "
                     "(a worker must let asyncio.CancelledError through); it was at:\n"
                     + "\n".join(_where(task) for task in stuck)
                 )
         slot.in_flight.clear()
+        for task in ended:  # what the crash ended it with (a dead connection) is no news
+            if not task.cancelled():
+                task.exception()
         return StepReport(name, Outcome.CRASHED)
 
     async def drop_connections(self, name: str) -> None:
@@ -450,12 +527,16 @@ class RoundTripScheduler:
         await self._terminate(self._slot(name))
 
     async def _terminate(self, slot: WorkerSlot) -> None:
-        if slot.pids:
-            await self.admin.execute(TERMINATE, sorted(slot.pids))
-            slot.pids.clear()
+        await terminate(self.admin, sorted(slot.pids))
+        slot.pids.clear()
 
     async def close(self) -> None:
-        """Stop every worker (each is crashed: nothing of it outlives the example)."""
+        """Stop every worker (each is crashed: nothing of it outlives the example), all
+        their backends ended at once first."""
+        live = [slot for slot in self.slots.values() if not slot.crashed]
+        await terminate(self.admin, sorted(pid for slot in live for pid in slot.pids))
+        for slot in live:
+            slot.pids.clear()
         for name in list(self.slots):
             await self.crash(name)
 
@@ -498,11 +579,11 @@ def task_factory(
 
 __all__ = [
     "HANG_SECONDS",
-    "TERMINATE",
     "Outcome",
     "RoundTripScheduler",
     "SchedulerError",
     "StepReport",
     "WorkerSlot",
     "task_factory",
+    "terminate",
 ]

@@ -141,12 +141,27 @@ class Holder:
     is recovered); a late write of its own before anyone else acted is no second holder.
     Declare it for a worker that fences by owner and stamps its writes with a time it
     read before the write (after a pause in between it renews an expired lease nobody
-    took, then releases or advances the job)."""
+    took, then releases or advances the job).
+
+    ``beats_in`` and ``beat`` (heartbeats only): the sign of life is not on the job's
+    row but on its worker's, as in procrastinate (``procrastinate_workers``): ``column``
+    is then the job's reference to a row of ``beats_in`` (by its ``id``), whose ``beat``
+    column is the worker's last heartbeat. A row since deleted (its worker pruned) shows
+    no sign of life; a claim that named no row shows no beat to go stale (its hold ends
+    only with a crash); a beat counts once it was committed before the judged change."""
 
     model: HolderModel | str
     column: str | None = None
     timeout_seconds: float | None = None
     ends: str = "expiry"
+    beats_in: str | None = None
+    beat: str | None = None
+    # False: the system does not fence a worker's writes by its hold (procrastinate's
+    # finish and retry check the job's status, not its worker): a worker that held the job
+    # and lost it (recovered, or put back by its own stalled-job recovery) may still write
+    # it, its declared at-least-once behaviour, judged by no invariant; a worker that never
+    # held the job is still fencing. The strict default reports every such write.
+    fenced: bool = True
 
     def __post_init__(self) -> None:
         if self.ends not in ("expiry", "takeover"):
@@ -160,6 +175,16 @@ class Holder:
             ) from None
         if self.model is HolderModel.LEASE and not self.column:
             raise SpecError("holder.model 'lease' needs holder.column: the lease's expiry")
+        if bool(self.beats_in) != bool(self.beat):
+            raise SpecError(
+                "holder.beats_in and holder.beat go together: the workers' table and its "
+                "heartbeat column"
+            )
+        if self.beats_in and self.model is not HolderModel.HEARTBEAT:
+            raise SpecError("holder.beats_in is for model 'heartbeat' only")
+        for name in filter(None, (*(self.beats_in or "").split("."), self.beat)):
+            if not _IDENTIFIER.match(name):
+                raise SpecError(f"holder: {name!r} is not a plain SQL identifier")
         if self.model is HolderModel.HEARTBEAT:
             if not self.column:
                 raise SpecError(
@@ -172,12 +197,20 @@ class Holder:
                     "heartbeat may get before another actor may recover the job"
                 )
 
+    @property
+    def time_column(self) -> str | None:
+        """The job table's column that holds a time (the expiry, the last beat); None
+        when the beat is on the worker's row (``beats_in``)."""
+        return None if self.beats_in else self.column
+
 
 @dataclass(frozen=True)
 class Attempts:
     """The attempts column and its limit. ``counts``: what the worker counts, failures
-    (each failed attempt and each recovery after a crash or a timeout, counted once) or
-    claims (each claim)."""
+    (each failed attempt and each recovery after a crash or a timeout, counted once),
+    claims (each claim) or returns (each time the job goes back to the queue, by its
+    holder or by a recovery, counted in that same write: a queue whose every put-back is
+    a retry)."""
 
     column: str
     limit: int
@@ -195,8 +228,10 @@ class Attempts:
         object.__setattr__(self, "resets_on", tuple(self.resets_on))
         if self.limit < 1:
             raise SpecError(f"attempts.limit must be at least 1, got {self.limit}")
-        if self.counts not in ("failures", "claims"):
-            raise SpecError(f"attempts.counts must be 'failures' or 'claims', got {self.counts!r}")
+        if self.counts not in ("failures", "claims", "returns"):
+            raise SpecError(
+                f"attempts.counts must be 'failures', 'claims' or 'returns', got {self.counts!r}"
+            )
 
 
 @dataclass(frozen=True)
