@@ -10,6 +10,7 @@ Hypothesis found. Each machine says what it checks (``checked_invariants()``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pipeline_models import machines
 from pipeline_models.database import Database
 from pipeline_models.interrupts import Interrupted, search_so_far
 from pipeline_models.profiles import machine_settings, register_profiles
+from pipeline_models.reach import BranchReport, Measure
 from pipeline_models.report import transition_lines
 
 MACHINES: dict[str, type[machines.QueueMachine]] = {
@@ -41,6 +43,7 @@ class CheckReport:
     failure: str | None = None
     program: list[str] = field(default_factory=list)
     interrupted: bool = False  # by Ctrl-C: the statistics are those of the search so far
+    reach: BranchReport | None = None  # with coverage: what of the pipeline the run reached
 
     @property
     def ok(self) -> bool:
@@ -81,6 +84,9 @@ class CheckReport:
             lines.extend(f"    {line}" for line in self.program)
             lines.append("")
             lines.append(self.failure or "")
+        if self.reach is not None:
+            lines.append("")
+            lines.append(self.reach.render())
         return "\n".join(lines)
 
 
@@ -107,13 +113,18 @@ def run_check(
     profile: str = "dev",
     max_examples: int | None = None,
     seed: int | None = None,
+    coverage: bool = False,
+    measure: Measure | None = None,
 ) -> CheckReport:
     """Run ``machine`` with ``profile`` against ``database``; the report.
 
     With ``seed`` the search starts from it, and without the example database: the same
     seed runs the same examples again (examples saved by other runs would come first).
     Ctrl-C ends the search: :class:`~pipeline_models.interrupts.Interrupted` then carries
-    the report of what it did until then.
+    the report of what it did until then. With ``coverage`` the report says which
+    branches of the pipeline's code, and which of its named queries, the run reached
+    (:mod:`pipeline_models.reach`); ``measure``, one already started, measures
+    instead (the command starts it before it imports the pipeline).
     """
     register_profiles()
     asyncio.run(database.ensure_schema())
@@ -131,9 +142,12 @@ def run_check(
     worker_log = logging.getLogger("pipeline_models.worker")
     level = worker_log.level
     worker_log.setLevel(logging.ERROR)
+    if measure is None and coverage:
+        measure = Measure()
     started = time.perf_counter()
     try:
-        run_state_machine_as_test(searched, settings=settings)
+        with measure.start() if measure is not None else contextlib.nullcontext():
+            run_state_machine_as_test(searched, settings=settings)
     except KeyboardInterrupt:
         report.interrupted = True
     except Exception as error:
@@ -141,6 +155,8 @@ def run_check(
         report.program = _program(error)
     finally:
         worker_log.setLevel(level)
+    if measure is not None:
+        report.reach = measure.report
     report.seconds = time.perf_counter() - started
     report.statistics = machines.STATISTICS
     if report.interrupted:

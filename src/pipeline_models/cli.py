@@ -201,6 +201,15 @@ def main(log_level: str, log_json: bool) -> None:
     metavar="INVARIANT",
     help="With --adapter: leave out an invariant (repeatable).",
 )
+@click.option(
+    "--coverage",
+    "measure_coverage",
+    is_flag=True,
+    default=False,
+    help="Measure (coverage.py, branch mode) which branches of the reference pipeline and "
+    "which of its named SQL queries the run reached; print the share and the branches "
+    "missed after the report. Needs the coverage extra.",
+)
 @_PROGRESS
 def check(
     database_url: str | None,
@@ -212,6 +221,7 @@ def check(
     seed: int | None,
     schema: str | None,
     without: tuple[str, ...],
+    measure_coverage: bool,
     progress: bool,
 ) -> None:
     """Model-check the reference pipeline, or (--adapter) your own worker.
@@ -225,10 +235,21 @@ def check(
             raise click.UsageError(
                 "--schema is the reference pipeline's; your adapter's setup makes its own tables"
             )
+        if measure_coverage:
+            raise click.UsageError("--coverage measures the reference pipeline, not an adapter")
         _check_own_worker(
             database_url, adapter, spec_file, profile, seed, max_examples, without, progress
         )
         return
+    from pipeline_models.reach import CoverageUnavailable, Measure
+
+    measure = None
+    if measure_coverage:
+        try:
+            # Before the pipeline is imported: what its import runs is reached too.
+            measure = Measure().start()
+        except CoverageUnavailable as error:
+            raise click.ClickException(str(error)) from None
     from pipeline_models.check import MACHINES, run_check
     from pipeline_models.database import Database
     from pipeline_models.interrupts import (
@@ -248,7 +269,12 @@ def check(
             Database.from_environment(database_url, schema=schema or DEFAULT_SCHEMA) as database,
         ):
             report = run_check(
-                database, machine=machine, profile=profile, max_examples=max_examples, seed=seed
+                database,
+                machine=machine,
+                profile=profile,
+                max_examples=max_examples,
+                seed=seed,
+                measure=measure,
             )
     except Interrupted as stop:  # the embedded server, if any, is stopped by now
         _stopped(stop.report.render())
@@ -357,6 +383,33 @@ def _check_own_worker(
     "pipeline); core, every mutant and the control checked by the schema-free core through "
     "the reference's adapter (pipeline_models.pipeline.adapter), with the checker side only.",
 )
+@click.option(
+    "--system",
+    type=click.Choice(["reference", "reference-holdout", "procrastinate"]),
+    default="reference",
+    show_default=True,
+    help="Whose bugs: the reference pipeline's catalog; its holdout (bugs the checker was "
+    "never tuned against, pipeline_models.mutants.holdout); or procrastinate's (bugs planted "
+    "in a scratch copy of the installed procrastinate, checked by the core through "
+    "pipeline_models.examples.procrastinate.adapter; implies --layer core, --sides checker).",
+)
+@click.option(
+    "--generated",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    help="Instead of the catalog, N mechanical mutants of the reference pipeline "
+    "(cosmic-ray's operators on pipeline/*.py, and SQL operators on the named queries; "
+    "pipeline_models.mutants.generated), sampled by --sample-seed; each run like a "
+    "catalog mutant on the pipeline layer, and scored killed / non-equivalent.",
+)
+@click.option(
+    "--sample-seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="With --generated: the seed of the sample (printed with the results).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @_PROGRESS
 def mutants(
@@ -369,6 +422,9 @@ def mutants(
     shrink_seconds: float,
     catalog: bool,
     layer: str,
+    system: str,
+    generated: int | None,
+    sample_seed: int,
     as_json: bool,
     progress: bool,
 ) -> None:
@@ -395,6 +451,39 @@ def mutants(
     from pipeline_models.progress import MutantsTally, Progress, choose_mode
 
     chosen_sides = list(sides)
+    if generated is not None:
+        if only or system != "reference" or layer != "catalog" or not catalog:
+            raise click.BadParameter(
+                "mechanical mutants are the reference's, on the pipeline layer: no --only, "
+                "--system, --layer core or --no-catalog",
+                param_hint="--generated",
+            )
+        _generated_mutants(
+            database_url,
+            generated,
+            sample_seed,
+            chosen_sides,
+            jobs=jobs,
+            max_examples=max_examples,
+            rounds=rounds,
+            shrink_seconds=shrink_seconds,
+            as_json=as_json,
+            progress=progress,
+        )
+        return
+    control_system = None
+    adapter = None
+    if system == "reference-holdout":
+        from pipeline_models.mutants import holdout
+
+        BY_NAME, CATALOG = holdout.BY_NAME, holdout.HOLDOUT
+    elif system == "procrastinate":
+        from pipeline_models.examples.procrastinate import mutants as third_party
+
+        BY_NAME = {mutant.name: mutant for mutant in third_party.CATALOG}
+        CATALOG = third_party.CATALOG
+        control_system, adapter = third_party.UNMODIFIED, third_party.ADAPTER
+        layer, chosen_sides = "core", ["checker"]
     unknown = [name for name in only if name not in BY_NAME]
     if unknown:
         raise click.BadParameter(
@@ -438,6 +527,7 @@ def mutants(
                 rounds=rounds,
                 shrink_seconds=shrink_seconds,
                 layer="core" if layer == "core" else None,
+                adapter=adapter,
             )
             say(
                 f"pipeline-models mutants: {len(chosen)} mutants x {', '.join(chosen_sides)}, "
@@ -446,7 +536,12 @@ def mutants(
             say("  first the control: the unmodified package, every round")
             with shown:
                 campaign = run_campaign(
-                    chosen, options, jobs=jobs, on_result=result, on_control=controlled
+                    chosen,
+                    options,
+                    jobs=jobs,
+                    on_result=result,
+                    on_control=controlled,
+                    **({"control_system": control_system} if control_system else {}),
                 )
     except KeyboardInterrupt:
         _stopped(
@@ -476,6 +571,121 @@ def mutants(
         not report.killed_by("checker") for report in reports
     )
     failed = any(report.error for report in reports)
+    sys.exit(1 if campaign.failures or survived or failed else 0)
+
+
+def _generated_mutants(
+    database_url: str | None,
+    n: int,
+    seed: int,
+    sides: list[str],
+    *,
+    jobs: int,
+    max_examples: int,
+    rounds: int,
+    shrink_seconds: float,
+    as_json: bool,
+    progress: bool,
+) -> None:
+    """``mutants --generated N``: sample, set aside what does not compile or import,
+    run the rest beside the control, score. Exits 1 if the control failed anywhere or a
+    child did not run, as the catalog's run does, or if any mutant survives the checker."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline_models.database import Database
+    from pipeline_models.mutants import generated as mechanical
+    from pipeline_models.mutants.runner import (
+        MutantReport,
+        RunOptions,
+        format_control,
+        run_campaign,
+    )
+    from pipeline_models.progress import MutantsTally, Progress, choose_mode
+
+    def say(text: str) -> None:
+        click.echo(text, err=True)
+
+    pool = mechanical.enumerate_pool()
+    chosen = mechanical.sample(pool, n, seed=seed)
+    say(
+        f"pipeline-models mutants --generated {n} --sample-seed {seed}: {len(chosen)} of "
+        f"{len(pool.eligible)} eligible mechanical mutants ({len(pool.candidates)} made, "
+        f"{len(pool.equivalent)} equivalent by rule)"
+    )
+    rows = []
+    planted = {}
+    for candidate in chosen:
+        why = mechanical.compiles(candidate, pool)
+        rows.append(mechanical.row(candidate, pool, "does not compile" if why else "ran", why))
+        if why is None:
+            planted[candidate.id] = mechanical.to_mutant(candidate, pool)
+    with ThreadPoolExecutor(max_workers=jobs) as threads:
+        errors = dict(
+            zip(planted, threads.map(mechanical.import_error, planted.values()), strict=True)
+        )
+    for generated_row in rows:
+        if errors.get(generated_row.id):
+            generated_row.status, generated_row.why = "does not import", errors[generated_row.id]
+            del planted[generated_row.id]
+    say(f"  {len(planted)} import; first the control: the unmodified package, every round")
+    tally = MutantsTally(len(sides), len(planted))
+    shown = Progress("mutants", tally.reading, mode=choose_mode(progress))
+
+    def result(report: MutantReport) -> None:
+        # On stderr even with --json: a long run's log says how far it got.
+        tally.finished(report, control=False)
+        verdicts = []
+        for side in sides:
+            outcome = report.sides.get(side)
+            verdict = "killed" if outcome and outcome.killed else "survived"
+            fired = f" [{', '.join(outcome.fired)}]" if outcome and outcome.killed else ""
+            verdicts.append(f"{side} {verdict}{fired}")
+        shown.echo(f"  {report.name}: {report.error or '; '.join(verdicts)}")
+
+    try:
+        with Database.from_environment(database_url) as database:
+            options = RunOptions(
+                database.url,
+                sides=sides,
+                max_examples=max_examples,
+                rounds=rounds,
+                shrink_seconds=shrink_seconds,
+            )
+            with shown:
+                campaign = run_campaign(
+                    list(planted.values()),
+                    options,
+                    jobs=jobs,
+                    on_result=result,
+                    on_control=lambda report: tally.finished(report, control=True),
+                )
+    except KeyboardInterrupt:
+        _stopped("STOPPED by Ctrl-C: nothing is counted", err=as_json)
+    except PipelineModelsError as error:
+        raise click.ClickException(str(error)) from None
+    reports = {report.name: report for report in campaign.mutants}
+    for generated_row in rows:
+        if generated_row.id in reports:
+            mechanical.settle(generated_row, reports[generated_row.id])
+    if as_json:
+        click.echo(
+            mechanical.generated_json(
+                rows, sides, pool, seed=seed, control=campaign.control, options=options
+            )
+        )
+    else:
+        click.echo(format_control(campaign.control, options))
+        if campaign.failures:
+            click.echo("\nTHE UNMODIFIED PACKAGE FAILED ITS OWN SCHEDULE: no kill is counted.")
+            for failure in campaign.failures:
+                click.echo(f"  {failure}")
+        else:
+            click.echo("")
+            click.echo(mechanical.format_generated(rows, sides, pool, seed=seed))
+    survived = "checker" in sides and any(
+        r.status == "ran" and not r.killed_by("checker") for r in rows
+    )
+    failed = any(r.status == "did not run" for r in rows)
     sys.exit(1 if campaign.failures or survived or failed else 0)
 
 

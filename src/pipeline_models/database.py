@@ -18,8 +18,11 @@ default.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -62,6 +65,34 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
         )
 
 
+# Polls for facts (a session gone), never for time the checker's clock may own.
+_REAL_SLEEP = asyncio.sleep
+# Every session this process opened, with the URL it went to: what an outage ends when
+# the server is not this process's to stop (see Database.outage).
+_SESSIONS: weakref.WeakKeyDictionary[asyncpg.Connection, str] = weakref.WeakKeyDictionary()
+# Writes out the WAL of every commit so far: the throwaway settings commit
+# asynchronously, leaving up to a few hundred milliseconds of commits in shared memory,
+# which an immediate stop discards (every commit since the server started, on a server
+# this young). A checkpoint is the one sure flush (a synchronous commit flushes only
+# when its transaction wrote WAL itself); a few milliseconds on these small databases.
+_FLUSH_WAL = "CHECKPOINT"
+# $1 pids int[]
+_TERMINATE = "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM unnest($1::int[]) pid"
+_STILL_THERE = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])"
+
+
+@dataclass(frozen=True)
+class Outage:
+    """What :meth:`Database.outage` did: how, to how many sessions, in how long."""
+
+    how: str  # "server restarted" or "sessions ended"
+    sessions: int  # the sessions of this process that were open and lost
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"{self.how}: {self.sessions} sessions lost in {self.seconds:.3f} s"
+
+
 @dataclass
 class Database:
     """A Postgres server holding the pipeline's schema.
@@ -102,7 +133,12 @@ class Database:
             self.url, search_path=self.schema, application_name=application_name
         )
         await _init_connection(connection)
+        _SESSIONS[connection] = self.url
         return connection
+
+    async def _init_pooled(self, connection: asyncpg.Connection) -> None:
+        await _init_connection(connection)
+        _SESSIONS[connection] = self.url
 
     async def create_pool(
         self, *, min_size: int = 1, max_size: int = 10, application_name: str = "pipeline-models"
@@ -115,12 +151,69 @@ class Database:
                 max_size=max_size,
                 timeout=CONNECT_TIMEOUT,
                 server_settings={"search_path": self.schema, "application_name": application_name},
-                init=_init_connection,
+                init=self._init_pooled,
             )
         except (asyncpg.PostgresError, OSError, TimeoutError, asyncpg.InterfaceError) as error:
             raise _explain_connect_error(self.url, error) from error
         assert pool is not None
         return pool
+
+    def sessions(self) -> list[asyncpg.Connection]:
+        """The open sessions this process has with this database (pools' included) in
+        the running event loop (a session belongs to the loop that opened it)."""
+        loop = asyncio.get_running_loop()
+        return [
+            connection
+            for connection, url in list(_SESSIONS.items())
+            if url == self.url
+            and getattr(connection, "_loop", loop) is loop
+            and not connection.is_closed()
+        ]
+
+    async def outage(self, survivor: asyncpg.Connection | None = None) -> Outage:
+        """The whole database goes away and comes back: every session of this process
+        (in the running event loop) is lost, its open transaction rolled back;
+        committed work stays.
+
+        An embedded server this process started is stopped at once (as in a crash) and
+        started again on the same data directory and socket; its WAL is flushed first,
+        as a durable server's commits are. Any other server (``DATABASE_URL``, or an
+        embedded one another process started, as the mutants runner's parallel children
+        share theirs) keeps running: every session this process opened to the database
+        is ended (``pg_terminate_backend``), except ``survivor``, and never another
+        process's (several checker processes share one database, each in its schema).
+        Returns once every lost session is gone in the server and seen closed here.
+        """
+        started = time.perf_counter()
+        lost = [c for c in self.sessions() if c is not survivor]
+        if self.embedded is not None:
+            if survivor is not None:
+                await survivor.execute(_FLUSH_WAL)
+            # Blocking the event loop, on purpose: nothing of the pipeline runs while the
+            # server is down (an asyncpg pool would try to refill itself, and fail, as
+            # many times as timing allows), so every replay sees the same outage: its
+            # sessions lost, the server back before anyone reconnects.
+            self.embedded.restart()
+            how, lost = "server restarted", [*lost, *([survivor] if survivor else [])]
+        else:
+            pids = [c.get_server_pid() for c in lost]
+            admin = survivor or await self.connect(application_name="pipeline-models outage")
+            try:
+                await admin.fetchval(_TERMINATE, pids)
+                deadline = time.monotonic() + 10
+                while await admin.fetchval(_STILL_THERE, pids) and time.monotonic() < deadline:
+                    await _REAL_SLEEP(0.001)
+            finally:
+                if survivor is None:
+                    await admin.close()
+            how = "sessions ended"
+        # Closed here too before anything runs again: the next query on a lost session
+        # must fail the same way in every replay, not depend on when its socket's end
+        # was read.
+        deadline = time.monotonic() + 10
+        while any(not c.is_closed() for c in lost) and time.monotonic() < deadline:
+            await _REAL_SLEEP(0.001)
+        return Outage(how, len(lost), time.perf_counter() - started)
 
     async def ensure_schema(self) -> bool:
         """Create the schema if missing or outdated; True if anything was created.
@@ -240,6 +333,7 @@ def _quote_identifier(name: str) -> str:
 __all__ = [
     "ENVIRONMENT_VARIABLE",
     "Database",
+    "Outage",
     "ResetStrategy",
     "redact",
     "resolve_url",

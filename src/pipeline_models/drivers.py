@@ -21,7 +21,7 @@ import tempfile
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -33,12 +33,13 @@ import httpx
 from fastapi import FastAPI
 
 from pipeline_models.clock import ManualClock
-from pipeline_models.database import Database
+from pipeline_models.database import Database, Outage
 from pipeline_models.documents import Document, markdown_document
 from pipeline_models.fakes import FaultPlan, WebhookDelivery
 from pipeline_models.history import AUDIT_TABLE, History, install_audit
 from pipeline_models.invariants import Expectations, Observation, TextsSent
 from pipeline_models.lifecycle import Stage, State
+from pipeline_models.metrics import PipelineMetrics
 from pipeline_models.model import ExpectedOutcome, expected_outcome
 from pipeline_models.pipeline.api import ApiRuntime, ApiSettings, create_api
 from pipeline_models.pipeline.auth import TokenIssuer
@@ -50,7 +51,6 @@ from pipeline_models.pipeline.costs import Usage
 from pipeline_models.pipeline.reference import ReferencePipeline
 from pipeline_models.pipeline.retry import RetryPolicy
 from pipeline_models.pipeline.services import EMBEDDINGS, PARSER
-from pipeline_models.pipeline.webhooks import sign
 from pipeline_models.pipeline.worker import StageHandler
 from pipeline_models.queries import QUERIES, Queries
 from pipeline_models.scheduler import CheckpointScheduler, Outcome, StepReport
@@ -69,6 +69,13 @@ CHECK_CONFIG = WorkerConfig(
     # Two retries: a job reaches its limit (and the dead-letter, and the operator retry)
     # within a short program.
     retry=RetryPolicy(limit=2),
+    # A limit a program can reach: uploads of 2,048 bytes, one fewer and one more are
+    # drawn on purpose (the API takes them; the worker refuses the larger one).
+    max_upload_bytes=2048,
+    # A circuit one document's failures can open: its attempts (the retry limit and one)
+    # are the threshold. At the default five, a circuit opened only when two documents
+    # failed back to back with no success between, which no program did.
+    circuit_failure_threshold=3,
 )
 API_ACTOR = "pipeline-models api"
 OPERATOR_ACTOR = "pipeline-models operator"
@@ -77,9 +84,15 @@ DRAIN_BUDGET_USD = Decimal(1000)
 _TOKEN_SECRET = "pipeline-models-checker-token-secret-0123456789"
 _WEBHOOK_SECRET = "pipeline-models-checker-webhook-secret"
 _QUEUE_USER = uuid.UUID("00000000-0000-4000-8000-00000000c0de")
-# Schemas whose audit trigger this process installed already (it is idempotent, but DDL
-# per example would cost more than the example).
-_AUDITED: set[str] = set()
+# The API's own limit, above the worker's: an upload between the two is taken and then
+# refused by the worker; one above it is refused by the API (413), by its body or, past
+# the multipart allowance, by its Content-Length alone.
+API_MAX_UPLOAD_BYTES = 2 * CHECK_CONFIG.max_upload_bytes
+# The one user whose token may change the budget through the API (PUT /operator/budget).
+OPERATOR_USER = uuid.UUID("00000000-0000-4000-8000-0000000000ff")
+# Databases and schemas whose audit trigger this process installed already (it is
+# idempotent, but DDL per example would cost more than the example).
+_AUDITED: set[tuple[str, str]] = set()
 # The blobs of an example live only as long as the example: memory is the place for them.
 _SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
@@ -147,6 +160,13 @@ class WebhookKind(StrEnum):
     DUPLICATE = "duplicate"  # send an already delivered webhook again
     TAMPERED = "tampered"  # a delivered webhook with its body changed after signing
     STALE = "stale"  # a genuine webhook signed outside the replay window
+    FUTURE = "future"  # signed as far ahead of the receiver's clock
+    UNSIGNED = "unsigned"  # no signature header
+    UNDATED = "undated"  # no timestamp header
+    BAD_TIMESTAMP = "bad_timestamp"  # a timestamp that is no number
+    BAD_SIGNATURE = "bad_signature"  # a signature entry with no "="
+    NOT_HEX = "not_hex"  # a v1 signature that is not hex
+    OTHER_SCHEME = "other_scheme"  # only another scheme's signature
 
 
 @dataclass(frozen=True)
@@ -208,6 +228,16 @@ class PipelineDriver(QueueDriver, Protocol):
 
     async def read_job(self, user: uuid.UUID, job_id: uuid.UUID) -> int: ...
 
+    async def call_api(
+        self,
+        method: str,
+        path: str,
+        *,
+        user: uuid.UUID | None,
+        ttl_seconds: int | None = None,
+        json: object = None,
+    ) -> int: ...
+
     async def operator_retry(self, user: uuid.UUID, job_id: uuid.UUID) -> int: ...
 
     def set_faults(self, service: str, plan: FaultPlan) -> None: ...
@@ -215,6 +245,8 @@ class PipelineDriver(QueueDriver, Protocol):
     async def raise_budget(self, limit_usd: Decimal) -> None: ...
 
     async def deliver_webhooks(self, kind: WebhookKind) -> list[int]: ...
+
+    async def outage(self) -> Outage: ...
 
 
 class ReferenceDriver:
@@ -277,9 +309,10 @@ class ReferenceDriver:
             )
         self._spares = shared.spares
         self._monitor = await shared.spares.take("pipeline-models checker")
-        if self.database.schema not in _AUDITED:
+        audited = (self.database.url, self.database.schema)
+        if audited not in _AUDITED:
             await install_audit(self._monitor)
-            _AUDITED.add(self.database.schema)
+            _AUDITED.add(audited)
         await self.database.reset(self._monitor)
         pipeline = ReferencePipeline.with_fakes(
             self.database,
@@ -290,11 +323,18 @@ class ReferenceDriver:
             webhook_secrets=(_WEBHOOK_SECRET,),
             # Capped only once a rule sets a limit: a budget without its row caps nothing.
             budget=Budget(),
+            # Counted as in production: the workers' and the API's metrics code runs too.
+            metrics=PipelineMetrics(),
         )
         if shared.app is None:
             shared.app = create_api(
                 pipeline,
-                ApiSettings(token_secret=_TOKEN_SECRET, webhook_secrets=(_WEBHOOK_SECRET,)),
+                ApiSettings(
+                    token_secret=_TOKEN_SECRET,
+                    webhook_secrets=(_WEBHOOK_SECRET,),
+                    operators=frozenset({OPERATOR_USER}),
+                    max_upload_bytes=API_MAX_UPLOAD_BYTES,
+                ),
             )
             shared.api_client = httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=shared.app), base_url="http://api.check"
@@ -415,6 +455,22 @@ class ReferenceDriver:
     async def crash(self, name: str) -> None:
         await self._scheduler.crash(name)
 
+    async def outage(self) -> Outage:
+        """The whole database goes away and comes back (:meth:`Database.outage`): every
+        session of the pipeline and of the checker is lost, open transactions with them.
+        Workers, the API and requests in flight find out by themselves; the checker's
+        own sessions are replaced here, and the lock it held is gone with its session."""
+        outage = await self.database.outage(self._monitor)
+        spares = self._spares
+        assert spares is not None
+        if self._monitor is None or self._monitor.is_closed():
+            self._monitor = await spares.take("pipeline-models checker")
+        if self._lock_holder is not None and self._lock_holder.is_closed():
+            self._lock_holder, self._held_job = None, None
+        await self._scheduler.reconnect()
+        self._collect_texts(None)
+        return outage
+
     async def drop_connection(self, name: str) -> None:
         await self._scheduler.drop_connection(name)
 
@@ -513,6 +569,39 @@ class ReferenceDriver:
         runtime: ApiRuntime = app.state.runtime
         return runtime
 
+    async def call_api(
+        self,
+        method: str,
+        path: str,
+        *,
+        user: uuid.UUID | None,
+        ttl_seconds: int | None = None,
+        json: object = None,
+    ) -> int:
+        """One request that reads or is refused (it must write nothing: it is not run as
+        an actor), as ``user`` (None: without a token; ``ttl_seconds``: a token that lives
+        that long); its status code."""
+        headers = (
+            {}
+            if user is None
+            else {"Authorization": f"Bearer {self.tokens.issue(user, ttl_seconds=ttl_seconds)}"}
+        )
+        response = await self.api.request(method, path, headers=headers, json=json)
+        return response.status_code
+
+    def circuit_failures(self) -> int:
+        """The longest run of failures a service's circuit breaker counts now."""
+        breakers = self._pipeline.breakers.values()
+        return max((breaker.consecutive_failures for breaker in breakers), default=0)
+
+    def circuits_open(self) -> list[str]:
+        """The services whose circuit is open or half open now."""
+        return sorted(
+            name
+            for name, breaker in self._pipeline.breakers.items()
+            if breaker.opened_at is not None
+        )
+
     async def read_job(self, user: uuid.UUID, job_id: uuid.UUID) -> int:
         """GET /jobs/{job_id} as ``user``: the status code (404 for anyone but its owner)."""
         response = await self.api.get(f"/jobs/{job_id}", headers=self._auth(user))
@@ -561,17 +650,11 @@ class ReferenceDriver:
         genuine = [*parser.delivered, *parser.outbox]
         if not genuine:
             return statuses
-        original = genuine[-1]
-        if kind is WebhookKind.TAMPERED:
-            # Any change after signing must be refused, whatever the notice said.
-            forgery = replace(original, body=original.body + b" ", attempts=0)
-        else:
-            stale_at = int(self.clock.now().timestamp()) - 301
-            headers = {
-                **original.headers,
-                **sign(original.body, secrets=(_WEBHOOK_SECRET,), timestamp=stale_at),
-            }
-            forgery = replace(original, headers=headers, attempts=0)
+        forgery = genuine[-1].forged(
+            kind.value,
+            secret=_WEBHOOK_SECRET,
+            now=self.clock.now().timestamp(),
+        )
 
         async def forge() -> int:
             result = await parser.send_forgery(forgery)
@@ -706,8 +789,9 @@ class ReferenceDriver:
             if progressed:
                 continue
             if self._scheduler.background:
-                # An operator's or the API's request still waits on a lock: let it land.
-                await asyncio.sleep(0.001)
+                # An operator's or the API's request still runs or waits on a lock: let it
+                # land or block (a fact, not a millisecond's nap whose count would vary).
+                await self._scheduler.settle_all()
                 continue
             if not await self.monitor.fetchval(QUERIES["count_live_jobs"].sql):
                 return True

@@ -52,7 +52,9 @@ from hypothesis.stateful import (
 from pipeline_models.database import Database
 from pipeline_models.documents import Document, DocumentKind
 from pipeline_models.drivers import (
+    API_MAX_UPLOAD_BYTES,
     CHECK_CONFIG,
+    OPERATOR_USER,
     PipelineDriver,
     QueueDriver,
     ReferenceDriver,
@@ -73,10 +75,23 @@ from pipeline_models.invariants import (
     liveness,
 )
 from pipeline_models.lifecycle import Stage, State, TransitionKind
+
+# The API allows this much over its limit for the multipart framing (a private constant:
+# the boundary it sets is what the search must reach).
+from pipeline_models.pipeline.api import _MULTIPART_OVERHEAD as MULTIPART_OVERHEAD
 from pipeline_models.pipeline.checkpoints import Checkpoint
+from pipeline_models.pipeline.webhooks import DEFAULT_TOLERANCE_SECONDS
 from pipeline_models.scheduler import Outcome, StepReport
 from pipeline_models.snapshot import JobRow
-from strategies import documents, fault_plans, faults
+from strategies import (
+    boundary_documents,
+    boundary_fault_plans,
+    boundary_faults,
+    clock_steps,
+    documents,
+    fault_plans,
+    faults,
+)
 
 T = TypeVar("T")
 
@@ -84,6 +99,51 @@ ALICE = uuid.UUID("00000000-0000-4000-8000-00000000a11c")
 BOB = uuid.UUID("00000000-0000-4000-8000-000000000b0b")
 USERS = (ALICE, BOB)
 CLOCK_STEPS = (1, 3, 10, 31, 61, 301)
+# Inputs at the edges of what CHECK_CONFIG names (strategies/_boundaries.py): documents of
+# exactly 0, 1, a batch, a batch +- 1 and two batches of chunks, at the size limit and
+# either side of it; fault runs as long as the retry limit and the circuit's threshold;
+# clock steps at the lease, the backoffs, the circuit's reset, the poll and the webhook
+# tolerance, a second either side.
+BOUNDARY_DOCUMENTS = boundary_documents(
+    chunker=CHECK_CONFIG.chunker,
+    batches=(CHECK_CONFIG.chunk_batch_size, CHECK_CONFIG.embed_batch_size),
+    max_upload_bytes=(CHECK_CONFIG.max_upload_bytes, API_MAX_UPLOAD_BYTES),
+    # Past the API's multipart allowance: refused by the request's Content-Length.
+    sizes=(API_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD + 1,),
+)
+# What upload_document sends: small documents of every kind but PDF (the smallest PDF
+# has 945 bytes), and PDFs up to the size limit.
+UPLOADS = st.one_of(
+    documents(max_size=600),
+    documents(kinds=[DocumentKind.PDF], max_size=CHECK_CONFIG.max_upload_bytes),
+)
+_RETRY_LIMIT = CHECK_CONFIG.retry.limit
+_CIRCUIT_THRESHOLD = CHECK_CONFIG.circuit_failure_threshold
+PARSER_FAULT_PLANS = st.one_of(
+    fault_plans(),
+    boundary_fault_plans(retry_limit=_RETRY_LIMIT, circuit_threshold=_CIRCUIT_THRESHOLD),
+)
+EMBEDDINGS_FAULT_PLANS = st.one_of(
+    fault_plans(faults=faults(wrong_dimension=True)),
+    boundary_fault_plans(
+        retry_limit=_RETRY_LIMIT,
+        circuit_threshold=_CIRCUIT_THRESHOLD,
+        faults=boundary_faults(wrong_dimension=True),
+    ),
+)
+CLOCK_ADVANCES = st.one_of(
+    st.sampled_from(CLOCK_STEPS),
+    clock_steps(
+        lease_seconds=CHECK_CONFIG.lease_seconds,
+        backoff_seconds=[
+            CHECK_CONFIG.retry.backoff_seconds(count)
+            for count in range(CHECK_CONFIG.retry.limit + 1)
+        ],
+        circuit_reset_seconds=CHECK_CONFIG.circuit_reset_seconds,
+        poll_seconds=CHECK_CONFIG.parser_poll_seconds,
+        webhook_tolerance_seconds=DEFAULT_TOLERANCE_SECONDS,
+    ),
+)
 # Spending caps an operator may set: none covers a call, one parse page (at the default
 # $0.003), a few pages, everything a program uploads.
 BUDGET_LIMITS_USD = tuple(Decimal(limit) for limit in ("0", "0.003", "0.012", "1"))
@@ -92,6 +152,9 @@ MAX_DOCUMENTS = 4
 # A cap, then perhaps a raise: a rule free to fire all program long would keep most
 # documents held before their parse, and every later stage would go unexplored.
 MAX_SPENDING_CAPS = 2
+# A whole-database outage costs a server restart (about 0.2 s, as much as dozens of
+# rules): once a program, and only while a worker is mid-step with a job claimed.
+MAX_OUTAGES = 1
 # Where run_worker_until stops a worker: after an external call's effects are out in the
 # world, and with the writes done but not committed.
 PAUSE_POINTS = (Checkpoint.AFTER_CALL.value, Checkpoint.BEFORE_COMMIT.value)
@@ -238,6 +301,7 @@ class QueueMachine(RuleBasedStateMachine):
             # how a race came out, or Hypothesis cannot replay the program.
             self.new_documents = 0
             self.spending_caps = 0
+            self.outages = 0
             # Where each worker last parked: a crash there is its own behaviour to cover.
             self.parked_at: dict[str, object] = {}
             # What Hypothesis's target phase climbs (see _aim): how far documents got,
@@ -334,6 +398,7 @@ class QueueMachine(RuleBasedStateMachine):
             STATISTICS.steps += 1
             event(f"step {report.outcome}")
             note(str(report))
+            self.parked_at[worker] = None  # at a step's end, or blocked
             if report.outcome is Outcome.BLOCKED:
                 return
 
@@ -374,7 +439,7 @@ class QueueMachine(RuleBasedStateMachine):
     def release_the_job_row_lock(self) -> None:
         self._run(self.driver.release_job_lock())
 
-    @rule(seconds=st.sampled_from(CLOCK_STEPS))
+    @rule(seconds=CLOCK_ADVANCES)
     def advance_clock(self, seconds: int) -> None:
         self.driver.clock.advance(seconds)
         self.dirty = False
@@ -414,6 +479,11 @@ class QueueMachine(RuleBasedStateMachine):
             planned = len(expectations.planned(document_id))
             if planned:
                 self._raise_target("embedding texts per planned chunk", sent / planned)
+        # Towards an open circuit: the longest run of failures a service's breaker counts.
+        if isinstance(self.driver, ReferenceDriver):
+            self._raise_target("failures in a row", self.driver.circuit_failures())
+            for service in self.driver.circuits_open():
+                event(f"circuit open: {service}")
 
     def _raise_target(self, label: str, value: float) -> None:
         self._targets[label] = max(value, self._targets.get(label, value))
@@ -449,6 +519,55 @@ class QueueMachine(RuleBasedStateMachine):
             raise InvariantViolation(violations)
 
 
+# Forged webhooks: a body changed after signing, a timestamp outside the tolerance either
+# way, and each way of breaking the signature headers; each must be refused (401).
+FORGERIES = (
+    WebhookKind.TAMPERED,
+    WebhookKind.STALE,
+    WebhookKind.FUTURE,
+    WebhookKind.UNSIGNED,
+    WebhookKind.UNDATED,
+    WebhookKind.BAD_TIMESTAMP,
+    WebhookKind.BAD_SIGNATURE,
+    WebhookKind.NOT_HEX,
+    WebhookKind.OTHER_SCHEME,
+)
+_NO_SUCH_JOB = uuid.UUID("00000000-0000-4000-8000-000000000404")
+# What misuse_the_api sends: method, path ("{job}": a job of the program), as whom
+# (None: no token; "owner": the job's owner), a token's lifetime (0: expired at once),
+# the body, and the status the API must answer.
+API_MISUSES: dict[str, tuple[str, str, object, int | None, object, int]] = {
+    "no token": ("GET", "/jobs/{job}", None, None, None, 401),
+    "an expired token": ("GET", "/jobs/{job}", "owner", 0, None, 401),
+    "a job that does not exist": ("GET", f"/jobs/{_NO_SUCH_JOB}", ALICE, None, None, 404),
+    "a retry of a job that does not exist": (
+        "POST",
+        f"/jobs/{_NO_SUCH_JOB}/retry",
+        ALICE,
+        None,
+        None,
+        404,
+    ),
+    "a cap set by a user": ("PUT", "/operator/budget", BOB, None, {"max_cost_usd": "5"}, 403),
+    "a cap that is no number": (
+        "PUT",
+        "/operator/budget",
+        OPERATOR_USER,
+        None,
+        {"max_cost_usd": "five"},
+        422,
+    ),
+    "a negative cap": (
+        "PUT",
+        "/operator/budget",
+        OPERATOR_USER,
+        None,
+        {"max_cost_usd": "-1"},
+        422,
+    ),
+}
+
+
 class PipelineMachine(QueueMachine):
     """The document pipeline: uploads, faults, webhooks and operator retries on top of
     the job-queue layer, every invariant checked after every rule."""
@@ -481,11 +600,7 @@ class PipelineMachine(QueueMachine):
         return
 
     @precondition(lambda self: self.new_documents < MAX_DOCUMENTS)
-    @rule(
-        target=uploads,
-        user=st.sampled_from(USERS),
-        document=documents(max_size=600),
-    )
+    @rule(target=uploads, user=st.sampled_from(USERS), document=UPLOADS)
     def upload_document(self, user: uuid.UUID, document: Document) -> Upload:
         self.new_documents += 1
         outcome = self._run(self.pipeline.upload(user, document))
@@ -507,6 +622,44 @@ class PipelineMachine(QueueMachine):
         event(f"upload cut at {point}")
         return Upload(user, document, outcome.accepted)
 
+    @precondition(lambda self: self.new_documents < MAX_DOCUMENTS)
+    @rule(target=uploads, user=st.sampled_from(USERS), document=BOUNDARY_DOCUMENTS)
+    def upload_a_boundary_document(self, user: uuid.UUID, document: Document) -> Upload:
+        """An upload at an edge: exactly a batch of chunks (or one more, or one fewer),
+        no text, no byte, one byte, a word a chunk long, the size limit's bytes."""
+        self.new_documents += 1
+        outcome = self._run(self.pipeline.upload(user, document))
+        event(f"upload {outcome.status}")
+        event(f"boundary upload {document.filename}")
+        return Upload(user, document, outcome.accepted)
+
+    def _mid_claim(self) -> bool:
+        """Whether a live worker is parked mid-step, with a job claimed (known from the
+        program's own steps, never from the database, so that a replay decides alike)."""
+        return any(
+            self.parked_at.get(slot) is not None and slot not in self.crashed
+            for slot in self.WORKER_SLOTS
+        )
+
+    # Named to sort after the other rules without arguments: Hypothesis orders them by
+    # name and shrinks a rule's choice towards the first, which must be one that is
+    # always allowed (as "database_outage", first and mostly not allowed, it left a
+    # shrunk failure of 50 no-op rules in test_bugs_are_caught).
+    @precondition(lambda self: self.outages < MAX_OUTAGES and self._mid_claim())
+    @rule()
+    def whole_database_outage(self) -> None:
+        """The whole database goes away and comes back while a worker is mid-step:
+        every session is lost (embedded: the server is stopped at once and started
+        again; otherwise every session this process has with the database is ended),
+        open transactions with them. Workers and the API must recover on their own and
+        lose nothing; the checker's own sessions reconnect."""
+        self.outages += 1
+        self._run(self.pipeline.outage())
+        event("database outage")
+        # Not how it was made (a restart, or sessions ended): the same seed must read
+        # the same on any server.
+        note("database outage: every session lost")
+
     @rule(upload=uploads, by_the_other_user=st.booleans())
     def upload_the_same_bytes_again(self, upload: Upload, by_the_other_user: bool) -> None:
         user, document = upload.user, upload.document
@@ -522,13 +675,13 @@ class PipelineMachine(QueueMachine):
         if outcome.accepted and not by_the_other_user and upload.accepted:
             assert not outcome.created, "the same bytes from the same user made a new document"
 
-    @rule(plan=fault_plans())
+    @rule(plan=PARSER_FAULT_PLANS)
     def put_faults_on_the_parser(self, plan: FaultPlan) -> None:
         self.pipeline.set_faults("parser", plan)
         _fault_events("parser", plan)
         self.dirty = False
 
-    @rule(plan=fault_plans(faults=faults(wrong_dimension=True)))
+    @rule(plan=EMBEDDINGS_FAULT_PLANS)
     def put_faults_on_the_embeddings(self, plan: FaultPlan) -> None:
         self.pipeline.set_faults("embeddings", plan)
         _fault_events("embeddings", plan)
@@ -554,7 +707,7 @@ class PipelineMachine(QueueMachine):
         for status in self._run(self.pipeline.deliver_webhooks(WebhookKind.DUPLICATE)):
             event(f"webhook duplicate {status}")
 
-    @rule(kind=st.sampled_from([WebhookKind.TAMPERED, WebhookKind.STALE]))
+    @rule(kind=st.sampled_from(FORGERIES))
     def deliver_a_forged_webhook(self, kind: WebhookKind) -> None:
         for status in self._run(self.pipeline.deliver_webhooks(kind)):
             event(f"webhook {kind} {status}")
@@ -569,6 +722,47 @@ class PipelineMachine(QueueMachine):
         stranger = BOB if owner == ALICE else ALICE
         status = self._run(self.pipeline.read_job(stranger, job.job_id))
         assert status == 404, f"another user's job was answered {status}, not 404"
+
+    @rule(pick=st.integers(0, 7))
+    def look_at_a_job_as_its_owner(self, pick: int) -> None:
+        jobs = self._jobs_in_upload_order()
+        if not jobs:
+            return
+        job, owner = jobs[pick % len(jobs)]
+        status = self._run(self.pipeline.read_job(owner, job.job_id))
+        assert status == 200, f"its owner's job was answered {status}, not 200"
+
+    @rule(path=st.sampled_from(["/health", "/metrics"]))
+    def look_at_the_health_and_the_metrics(self, path: str) -> None:
+        """What an operator's dashboard reads: the database, the storage, each service
+        and its circuit, the jobs, the holds and the cost."""
+        status = self._run(self.pipeline.call_api("GET", path, user=None))
+        allowed = (200, 503) if path == "/health" else (200,)  # 503: a circuit is open
+        assert status in allowed, f"GET {path} was answered {status}"
+        event(f"{path} {status}")
+
+    @rule(misuse=st.sampled_from(sorted(API_MISUSES)), pick=st.integers(0, 7))
+    def misuse_the_api(self, misuse: str, pick: int) -> None:
+        """A request the API must refuse, and refuse with the right status."""
+        method, path, user, ttl, body, expected = API_MISUSES[misuse]
+        jobs = self._jobs_in_upload_order()
+        if "{job}" in path:
+            if not jobs:
+                return
+            job, owner = jobs[pick % len(jobs)]
+            path = path.format(job=job.job_id)
+            user = owner if user == "owner" else user
+        status = self._run(
+            self.pipeline.call_api(
+                method,
+                path,
+                user=None if user is None else uuid.UUID(str(user)),
+                ttl_seconds=ttl,
+                json=body,
+            )
+        )
+        assert status == expected, f"{misuse}: answered {status}, not {expected}"
+        event(f"api misuse {misuse}")
 
     @rule(pick=st.integers(0, 7))
     def retry_a_job_that_is_not_dead_as_operator(self, pick: int) -> None:

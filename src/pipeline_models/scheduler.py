@@ -8,9 +8,17 @@ shrunk failure replays the same interleaving.
 
 A worker may block on a row lock another parked worker holds (a zombie's fence waiting
 for the new owner's transaction, a webhook waiting for a worker's commit). The scheduler
-sees it in ``pg_stat_activity`` and reports the step as blocked instead of hanging; the
-worker moves on by itself once the lock is released, and the scheduler waits for it to
-settle before the next rule.
+asks Postgres's lock manager (``pg_blocking_pids``) and reports the step as blocked
+instead of hanging; the worker moves on by itself once the lock is released, and the
+scheduler waits for it to settle before the next rule.
+
+Blocked is a fact, never a timing: a backend counts as blocked only while the lock
+manager lists a holder it waits for, and only when no holder is an actor still running
+(which will let go by itself). ``pg_stat_activity.wait_event_type`` is not that fact: the
+waiter reports it itself and clears it only once it is scheduled again, so for a moment
+after the holder's commit it still reads 'Lock' (a blocked report, and the actor then
+running behind the next rule's back: a program that does not replay). How long a step
+takes never decides what it reports: the scheduler polls, but only to learn facts.
 
 ``crash`` terminates the worker's backend (its open transaction rolls back), closes its
 connection client-side and cancels its task: memory is lost, external calls already made
@@ -40,7 +48,7 @@ from typing import Any
 
 import asyncpg
 
-from pipeline_models.core.scheduler import TERMINATE
+from pipeline_models.core.scheduler import terminate
 from pipeline_models.database import Database
 from pipeline_models.errors import DatabaseUnavailableError, PipelineModelsError
 from pipeline_models.lifecycle import Stage
@@ -48,11 +56,25 @@ from pipeline_models.pipeline.checkpoints import Checkpoint
 from pipeline_models.pipeline.worker import BaseWorker, ClaimedJob, StepResult
 from pipeline_models.spares import SpareConnections
 
-# How long a step may run before its worker's backend is checked for a lock wait: most
-# steps park again within a millisecond or two, so a blocked one is rare and may wait.
+# How often a step still running is looked at (has it parked, finished, or does the lock
+# manager have it waiting?): a poll for facts, whose period decides nothing it reports.
 _POLL_SECONDS = 0.005
 # A step that neither parks, finishes nor blocks within this is a hang: a bug.
 HANG_SECONDS = 30.0
+# Who $1 waits for, from the lock manager (granted the moment the holder lets go, where
+# pg_stat_activity's wait_event lags until the waiter runs again), and whether each of
+# them waits in turn. $1 pid int
+_BLOCKERS = """
+SELECT blocker.pid, activity.application_name,
+       cardinality(pg_blocking_pids(blocker.pid)) > 0 AS waits
+FROM unnest(pg_blocking_pids($1)) AS blocker(pid)
+LEFT JOIN pg_stat_activity AS activity ON activity.pid = blocker.pid
+"""
+# The backends of an application_name that the lock manager has waiting. $1 text
+_WAITING_BACKENDS = """
+SELECT pid FROM pg_stat_activity
+WHERE application_name = $1 AND cardinality(pg_blocking_pids(pid)) > 0
+"""
 
 
 class SchedulerError(PipelineModelsError):
@@ -155,6 +177,14 @@ class CheckpointScheduler:
             else:
                 await self._admin.close()
             self._admin = None
+
+    async def reconnect(self) -> None:
+        """After an outage: a new session for the scheduler's own if it was lost, and
+        every actor that was running (waiting on a lock) settled: it found its session
+        gone, and its next step reconnects."""
+        if self._admin is not None and self._admin.is_closed():
+            self._admin = await self._new_connection("pipeline-models scheduler")
+        await self.settle_all()
 
     @property
     def admin(self) -> asyncpg.Connection:
@@ -296,12 +326,30 @@ class CheckpointScheduler:
                 await self._settle_background(label, task, was_blocked=True)
 
     async def _waits_on_lock(self, pid: int | None) -> bool:
+        """Whether ``pid`` waits on a lock that only the scheduler can free: the lock
+        manager lists holders it waits for, and none of them is an actor still running
+        (a released worker or request that will commit or park by itself), unless that
+        one waits in turn."""
         if pid is None:
             return False
-        event = await self.admin.fetchval(
-            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid
-        )
-        return bool(event == "Lock")
+        rows = await self.admin.fetch(_BLOCKERS, pid)
+        if not rows:
+            return False
+        running_pids = {
+            slot.backend_pid
+            for slot in self.slots.values()
+            if slot.running and not slot.crashed and slot.backend_pid != pid
+        }
+        running_names = {
+            self._application_names[id(task)]
+            for _, task in self.background
+            if not task.done() and id(task) in self._application_names
+        }
+        for row in rows:
+            running = row["pid"] in running_pids or row["application_name"] in running_names
+            if running and not row["waits"]:
+                return False
+        return True
 
     async def run_in_background(
         self, label: str, operation: Callable[[], Awaitable[Any]], *, application_name: str
@@ -359,17 +407,13 @@ class CheckpointScheduler:
             return False
         known = ignore | set(self._backends.values())
         new = sorted((await self._waiting_backends(name)) - known)
-        if not new:
+        if not new or not await self._waits_on_lock(new[0]):
             return False
         self._backends[id(task)] = new[0]
         return True
 
     async def _waiting_backends(self, application_name: str) -> frozenset[int]:
-        rows = await self.admin.fetch(
-            "SELECT pid FROM pg_stat_activity "
-            "WHERE application_name = $1 AND wait_event_type = 'Lock'",
-            application_name,
-        )
+        rows = await self.admin.fetch(_WAITING_BACKENDS, application_name)
         return frozenset(row["pid"] for row in rows)
 
     async def settle_background(self) -> list[tuple[str, Any]]:
@@ -449,7 +493,7 @@ class CheckpointScheduler:
             return StepReport(name, Outcome.CRASHED)
         slot.crashed = True
         if slot.backend_pid is not None:
-            await self.admin.execute(TERMINATE, [slot.backend_pid])
+            await terminate(self.admin, [slot.backend_pid])
         connection = slot.worker._connection
         if connection is not None and not connection.is_closed():
             # Close client-side before cancelling, or asyncpg tries to roll back on the
@@ -469,7 +513,7 @@ class CheckpointScheduler:
         """Terminate ``name``'s backend only; the worker finds out at its next query."""
         slot = self._slot(name)
         if slot.backend_pid is not None:
-            await self.admin.execute(TERMINATE, [slot.backend_pid])
+            await terminate(self.admin, [slot.backend_pid])
 
     async def run_freely(self, seconds: float) -> None:
         """Concurrent mode: every live worker runs steps in parallel for ``seconds``."""

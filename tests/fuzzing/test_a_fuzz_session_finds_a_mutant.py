@@ -17,6 +17,9 @@ import pytest
 from pipeline_models.fuzz import FuzzOptions, FuzzReport, run_fuzz
 from tests.conftest import run_pytest
 
+# A fuzz session on a mutant, its repro and a replay: evidence, run by CI's slow step.
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("hypofuzz", reason="the fuzz extra is not installed")
 redis = pytest.importorskip("redis", reason="the fuzz extra is not installed")
 

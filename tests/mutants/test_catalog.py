@@ -1,4 +1,5 @@
-"""The catalog is well formed, and every mutant still plants in today's source."""
+"""The catalog and the holdout are well formed, and every mutant still plants in today's
+source."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from pipeline_models.mutants import PACKAGE_ROOT, Edit, Mutant, MutantError
 from pipeline_models.mutants.catalog import BY_NAME, CATALOG
+from pipeline_models.mutants.holdout import HOLDOUT
 
 REQUIRED_KINDS = {
     "claims",
@@ -34,7 +36,29 @@ def test_the_catalog_has_at_least_24_named_mutants_of_every_required_kind() -> N
         assert mutant.edits, mutant.name
 
 
-@pytest.mark.parametrize("mutant", CATALOG, ids=lambda mutant: mutant.name)
+def test_the_holdout_has_at_least_8_new_named_mutants_each_with_its_invariant() -> None:
+    assert len(HOLDOUT) >= 8
+    names = [mutant.name for mutant in HOLDOUT]
+    assert len(set(names)) == len(names), "holdout names must be unique"
+    assert not set(names) & set(BY_NAME), "a holdout mutant must not be a catalog one"
+    catalog_edits = {(edit.path, edit.old, edit.new) for m in CATALOG for edit in m.edits}
+    for mutant in HOLDOUT:
+        assert mutant.package == "pipeline_models", mutant.name
+        assert mutant.bug, mutant.name
+        assert "\n" not in mutant.bug, mutant.name
+        assert mutant.seen, mutant.name
+        assert "\n" not in mutant.seen, mutant.name
+        assert mutant.invariant, mutant.name
+        assert mutant.edits, mutant.name
+        for edit in mutant.edits:
+            assert (edit.path, edit.old, edit.new) not in catalog_edits, mutant.name
+            assert edit.path.startswith(("pipeline/", "sql/queries.sql")), (
+                f"{mutant.name} edits {edit.path}: the holdout plants bugs in the reference "
+                "pipeline, never in the checker"
+            )
+
+
+@pytest.mark.parametrize("mutant", CATALOG + HOLDOUT, ids=lambda mutant: mutant.name)
 def test_every_mutant_plants_and_compiles(mutant: Mutant, tmp_path: Path) -> None:
     root = mutant.plant(tmp_path)
     copy = root / "pipeline_models"

@@ -119,3 +119,19 @@ def test_hypothesis_cutting_an_example_short_is_not_the_first_failure() -> None:
     assert _failure(KeyboardInterrupt()) is None
     error = AssertionError("an invariant")
     assert _failure(error) is error
+
+
+def test_a_kill_says_whether_it_reported_the_named_invariant_first() -> None:
+    from pipeline_models.mutants.child import SideResult
+    from pipeline_models.mutants.runner import MutantReport
+
+    def report(name: str, fired: list[str], named: str) -> MutantReport:
+        side = SideResult("checker", True, 3.0, 1.0, 4, 4, ["state.enqueue_job()"], fired)
+        return MutantReport(name, named, "bug", "", {"checker": side}, invariant=named)
+
+    first = report("as-named", ["fencing", "transitions"], "fencing")
+    second = report("other-first", ["transitions", "fencing"], "fencing")
+    assert (first.first_as_named, second.first_as_named) == (True, False)
+    table = format_report([first, second], ["checker"])
+    assert "fencing (not first)" in table
+    assert "first reported invariant is the named one: 1/2 kills" in table

@@ -61,6 +61,7 @@ def test_a_cluster_keeps_the_logs_it_was_told_to_keep(
     assert _left(private_tmp) == []
 
 
+@pytest.mark.slow  # a whole demo with processes: the cluster tests above cover the rest
 def test_a_demo_with_processes_leaves_nothing_in_the_temp_directory(
     tmp_path: Path, private_tmp: Path
 ) -> None:

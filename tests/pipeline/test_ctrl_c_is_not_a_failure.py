@@ -3,12 +3,13 @@ no traceback, and stops the embedded Postgres."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -21,12 +22,14 @@ from pipeline_models.database import Database
 GUIDE = "pipeline_models.examples.guide.adapter:FixedGuideAdapter"
 
 
-def _start(arguments: list[str], directory: Path) -> subprocess.Popen[str]:
+@contextlib.contextmanager
+def _start(arguments: list[str], directory: Path) -> Iterator[subprocess.Popen[str]]:
     """The command in a process group of its own, as a terminal runs a job, on an
-    embedded server (no DATABASE_URL) that lives in the private temp directory."""
+    embedded server (no DATABASE_URL) that lives in the private temp directory. A test
+    that fails before its Ctrl-C kills the group: no process or open pipe outlives it."""
     environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     environment["PYTHONUNBUFFERED"] = "1"  # each line as it is printed
-    return subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "pipeline_models.cli", *arguments],
         cwd=directory,
         env=environment,
@@ -34,7 +37,12 @@ def _start(arguments: list[str], directory: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-    )
+    ) as process:
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def _ctrl_c(process: subprocess.Popen[str]) -> tuple[int, str, str]:
@@ -86,16 +94,19 @@ def _running_examples(process: subprocess.Popen[str]) -> None:
     "arguments",
     [
         ["check", "--profile", "debug", "--max-examples", "10000"],
-        ["check", "--profile", "debug", "--max-examples", "10000", "--adapter", GUIDE],
+        pytest.param(  # the same path through the core: with the slow evidence
+            ["check", "--profile", "debug", "--max-examples", "10000", "--adapter", GUIDE],
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["reference", "adapter"],
 )
 def test_ctrl_c_stops_check_with_what_it_did_and_exit_130(
     private_tmp: Path, tmp_path: Path, arguments: list[str]
 ) -> None:
-    process = _start(arguments, tmp_path)
-    _running_examples(process)
-    code, stdout, stderr = _ctrl_c(process)
+    with _start(arguments, tmp_path) as process:
+        _running_examples(process)
+        code, stdout, stderr = _ctrl_c(process)
     output = stdout + stderr
     assert code == 130, output[-3000:]
     last = stdout.strip().splitlines()[-1]
@@ -110,12 +121,14 @@ def test_ctrl_c_stops_check_with_what_it_did_and_exit_130(
 def test_ctrl_c_while_the_embedded_server_starts_stops_check_before_any_example(
     private_tmp: Path, tmp_path: Path
 ) -> None:
-    process = _start(["check"], tmp_path)
-    _wait_for(
-        lambda: any(path.name.startswith("pipeline-models-pg-") for path in private_tmp.iterdir()),
-        "the embedded server starting",
-    )
-    code, stdout, stderr = _ctrl_c(process)
+    with _start(["check"], tmp_path) as process:
+        _wait_for(
+            lambda: any(
+                path.name.startswith("pipeline-models-pg-") for path in private_tmp.iterdir()
+            ),
+            "the embedded server starting",
+        )
+        code, stdout, stderr = _ctrl_c(process)
     output = stdout + stderr
     assert code == 130, output[-3000:]
     assert "STOPPED by Ctrl-C before the first example: nothing was checked" in stdout, output

@@ -94,3 +94,45 @@ def test_no_embedded_server_outlives_a_failing_pytest_session(tmp_path: Path) ->
         time.sleep(0.1)
     assert started not in leftover_servers()
     assert set(leftover_servers()) <= before
+
+
+def test_a_restarted_server_keeps_its_data_and_socket_and_still_stops() -> None:
+    """An outage's restart: a new postmaster on the same data directory and socket, with
+    what was committed (and written out) before; stopping still stops the new one."""
+    import asyncio
+
+    import asyncpg
+
+    from pipeline_models.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres.start()
+    try:
+
+        async def write() -> None:
+            connection = await asyncpg.connect(server.url)
+            await connection.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)")
+            await connection.execute("CHECKPOINT")
+            await connection.close()
+
+        async def read() -> int:
+            connection = await asyncpg.connect(server.url)  # the same URL: the same socket
+            try:
+                return int(await connection.fetchval("SELECT count(*) FROM kept"))
+            finally:
+                await connection.close()
+
+        asyncio.run(write())
+        before = server.pid
+        seconds = server.restart()
+        after = server.pid
+        assert before is not None
+        assert after is not None
+        assert after != before
+        assert seconds < 30
+        assert asyncio.run(read()) == 1
+    finally:
+        server.stop()
+    deadline = time.monotonic() + 10
+    while after in leftover_servers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert after not in leftover_servers()

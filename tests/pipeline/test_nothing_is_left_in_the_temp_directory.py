@@ -9,7 +9,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_pytest
+
+# A whole pytest session in a subprocess: evidence, run by CI's slow step.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 # Tests that make temporary files of each kind, run in a child process on the embedded

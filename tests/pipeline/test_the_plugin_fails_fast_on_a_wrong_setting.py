@@ -84,8 +84,9 @@ def test_collecting_only_does_not_try_the_database(tmp_path: Path) -> None:
     ("how", "source"),
     [
         ("flag", "--pipeline-profile"),
-        ("ini", "the pipeline_profile ini key"),
-        ("environment", "PIPELINE_MODELS_PROFILE"),
+        # The other two ways share the flag's path after parsing: a pytest session each.
+        pytest.param("ini", "the pipeline_profile ini key", marks=pytest.mark.slow),
+        pytest.param("environment", "PIPELINE_MODELS_PROFILE", marks=pytest.mark.slow),
     ],
 )
 def test_a_profile_that_does_not_exist_is_one_line_and_a_usage_error(

@@ -310,7 +310,12 @@ def test_the_package_exports_every_public_strategy_in_sorted_order() -> None:
         name
         for module in map(
             importlib.import_module,
-            ("strategies._documents", "strategies._users", "strategies._faults"),
+            (
+                "strategies._documents",
+                "strategies._users",
+                "strategies._faults",
+                "strategies._boundaries",
+            ),
         )
         for name, value in vars(module).items()
         if inspect.isfunction(value)

@@ -100,6 +100,7 @@ class NoSkipLockedMutant(QueueMachine):
         return ReferenceDriver(_Database.get(), config=CHECK_CONFIG, queries=NO_SKIP_LOCKED)
 
 
+@pytest.mark.slow  # 50 s of search and shrinking; CI's mutant step kills this bug too
 def test_a_claim_without_skip_locked_is_caught_with_a_short_program() -> None:
     violation, program = _catch(NoSkipLockedMutant, examples=100)
     assert {v.invariant for v in violation.violations} == {"claims_skip_locks"}

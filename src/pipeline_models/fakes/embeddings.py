@@ -165,7 +165,9 @@ def _fault_response(fault: Fault) -> Response:
     if fault.kind is FaultKind.RATE_LIMIT:
         headers = {}
         if fault.retry_after is not None:
-            headers["Retry-After"] = retry_after_header(fault.retry_after)
+            headers["Retry-After"] = retry_after_header(
+                fault.retry_after, as_date=fault.retry_after_date
+            )
         return openai_error(
             status,
             "Rate limit reached for requests (injected by the fake's fault plan)",

@@ -23,12 +23,14 @@ FaultPlan([Fault.rate_limit(retry_after=2.0), None], endpoints=['embeddings'])
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import math
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -88,18 +90,34 @@ def _check_number(value: object, name: str, *, positive: bool) -> float:
     return number
 
 
+def _check_offset(value: object, name: str) -> float:
+    """Seconds from now, either way (a Retry-After date may be in the past)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
 def _check_status(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int HTTP status, got {value!r}")
     return value
 
 
-def retry_after_header(seconds: float) -> str:
+def retry_after_header(seconds: float, *, as_date: bool = False) -> str:
     """The Retry-After value for ``seconds``: ``"1"`` for 1.0, ``"0.25"`` for 0.25.
 
     Integral delays are standard HTTP delta-seconds; fractional ones are a nonstandard
-    extension that the openai SDK accepts (it parses the header as a float).
+    extension that the openai SDK accepts (it parses the header as a float). ``as_date``:
+    the HTTP date ``seconds`` from now (the process's clock, the checker's under it).
+
+    >>> retry_after_header(-1.0, as_date=True).endswith(" GMT")
+    True
     """
+    if as_date:
+        when = datetime.now(UTC) + timedelta(seconds=seconds)
+        return email.utils.format_datetime(when, usegmt=True)
     return str(int(seconds)) if seconds == int(seconds) else repr(seconds)
 
 
@@ -109,7 +127,9 @@ class Fault:
 
     ``status`` is the HTTP status of HTTP-level faults, ``retry_after`` the Retry-After of
     a rate limit (``None`` = no header), ``seconds`` the delay of a latency fault or how
-    long a served fake holds a timed-out request.
+    long a served fake holds a timed-out request. ``retry_after_date``: the Retry-After is
+    sent as an HTTP date ``retry_after`` seconds from the fake's now (negative: a date
+    already past, which a client must take as "now", not as a wait).
 
     >>> Fault.server_error(status=502)
     Fault.server_error(status=502)
@@ -123,6 +143,7 @@ class Fault:
     status: int | None = None
     retry_after: float | None = None
     seconds: float = 0.0
+    retry_after_date: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, FaultKind):
@@ -160,20 +181,36 @@ class Fault:
         if self.retry_after is not None:
             if self.kind is not FaultKind.RATE_LIMIT:
                 raise ValueError(f"{name}: only a rate limit carries retry_after")
-            _check_number(self.retry_after, "Fault.rate_limit(retry_after=...)", positive=False)
+            if self.retry_after_date:
+                _check_offset(self.retry_after, "Fault.rate_limit(retry_after=...)")
+            else:
+                _check_number(self.retry_after, "Fault.rate_limit(retry_after=...)", positive=False)
+        elif self.retry_after_date:
+            raise ValueError(f"{name}: a Retry-After date needs retry_after (seconds from now)")
         if self.kind in (FaultKind.LATENCY, FaultKind.TIMEOUT):
             _check_number(self.seconds, f"{name}.seconds", positive=True)
         elif self.seconds != 0.0:
             raise ValueError(f"{name}: only latency and timeout faults take seconds")
 
     @classmethod
-    def rate_limit(cls, retry_after: float | None = 1.0) -> Fault:
-        """429 Too Many Requests with ``Retry-After: retry_after`` (no header if ``None``)."""
+    def rate_limit(cls, retry_after: float | None = 1.0, *, as_date: bool = False) -> Fault:
+        """429 Too Many Requests with ``Retry-After: retry_after`` (no header if ``None``);
+        ``as_date``: the header is the HTTP date ``retry_after`` seconds from now, which
+        may be negative (a date in the past).
+
+        >>> Fault.rate_limit(-30.0, as_date=True)
+        Fault.rate_limit(retry_after=-30.0, as_date=True)
+        """
         if retry_after is not None:
-            retry_after = _check_number(
-                retry_after, "Fault.rate_limit(retry_after=...)", positive=False
+            name = "Fault.rate_limit(retry_after=...)"
+            retry_after = (
+                _check_offset(retry_after, name)
+                if as_date
+                else _check_number(retry_after, name, positive=False)
             )
-        return cls(FaultKind.RATE_LIMIT, status=429, retry_after=retry_after)
+        return cls(
+            FaultKind.RATE_LIMIT, status=429, retry_after=retry_after, retry_after_date=as_date
+        )
 
     @classmethod
     def server_error(cls, status: int = 503) -> Fault:
@@ -228,12 +265,15 @@ class Fault:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_json` reads it back."""
-        return {
+        data = {
             "kind": self.kind.value,
             "status": self.status,
             "retry_after": self.retry_after,
             "seconds": self.seconds,
         }
+        if self.retry_after_date:
+            data["retry_after_date"] = True
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Fault:
@@ -241,11 +281,11 @@ class Fault:
         defaults, so ``{"kind": "rate_limit"}`` is a valid fault."""
         if not isinstance(data, Mapping):
             raise TypeError(f"a fault must be a JSON object, got {data!r}")
-        unknown = set(data) - {"kind", "status", "retry_after", "seconds"}
+        unknown = set(data) - {"kind", "status", "retry_after", "seconds", "retry_after_date"}
         if unknown:
             raise ValueError(
                 f"unknown fault fields {sorted(unknown)} in {dict(data)!r}; "
-                "valid fields: kind, status, retry_after, seconds"
+                "valid fields: kind, status, retry_after, seconds, retry_after_date"
             )
         try:
             kind = FaultKind(str(data.get("kind")))
@@ -255,7 +295,9 @@ class Fault:
                 f"valid kinds: {', '.join(kind.value for kind in FaultKind)}"
             ) from None
         builders: dict[FaultKind, Callable[[], Fault]] = {
-            FaultKind.RATE_LIMIT: lambda: cls.rate_limit(data.get("retry_after", 1.0)),
+            FaultKind.RATE_LIMIT: lambda: cls.rate_limit(
+                data.get("retry_after", 1.0), as_date=bool(data.get("retry_after_date", False))
+            ),
             FaultKind.SERVER_ERROR: lambda: cls.server_error(data.get("status", 503)),
             FaultKind.TIMEOUT: lambda: cls.timeout(data.get("seconds", DEFAULT_TIMEOUT_HOLD)),
             FaultKind.CONNECTION_ERROR: cls.connection_error,
@@ -275,6 +317,8 @@ class Fault:
 
     def __repr__(self) -> str:
         match self.kind:
+            case FaultKind.RATE_LIMIT if self.retry_after_date:
+                return f"Fault.rate_limit(retry_after={self.retry_after!r}, as_date=True)"
             case FaultKind.RATE_LIMIT:
                 return f"Fault.rate_limit(retry_after={self.retry_after!r})"
             case FaultKind.SERVER_ERROR:

@@ -56,7 +56,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import httpx
@@ -78,6 +78,7 @@ from pipeline_models.fakes.faults import (
 )
 from pipeline_models.fakes.parsing import ParsedDocument, ParseFailure, parse_document
 from pipeline_models.pipeline.webhooks import (
+    SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     ParserWebhook,
     WebhookRejected,
@@ -158,6 +159,48 @@ class WebhookDelivery:
         """The payload, read back (:class:`WebhookRejected` if the body was tampered with
         beyond reading)."""
         return ParserWebhook.from_json(self.body)
+
+    def forged(self, how: Forgery, *, secret: str, now: float) -> WebhookDelivery:
+        """What an attacker makes of this genuine delivery: its body changed after
+        signing (``tampered``), or signed again with ``secret`` 301 s before ``now`` (unix
+        seconds), outside the receiver's replay window (``stale``), or as far ahead
+        (``future``); or its headers broken: the signature or the timestamp left out
+        (``unsigned``, ``undated``), a timestamp that is no number (``bad_timestamp``), a
+        signature entry with no ``=`` (``bad_signature``), a v1 entry that is not hex
+        (``not_hex``), or only entries of another scheme (``other_scheme``). A forgery
+        needs no delivery to have succeeded first."""
+        if how == "tampered":
+            return replace(self, body=self.body + b" ", attempts=0)
+        if how in ("stale", "future"):
+            at = int(now) + (301 if how == "future" else -301)
+            headers = {**self.headers, **sign(self.body, secrets=(secret,), timestamp=at)}
+            return replace(self, headers=headers, attempts=0)
+        broken = {
+            "unsigned": (SIGNATURE_HEADER, None),
+            "undated": (TIMESTAMP_HEADER, None),
+            "bad_timestamp": (TIMESTAMP_HEADER, "soon"),
+            "bad_signature": (SIGNATURE_HEADER, "v1"),
+            "not_hex": (SIGNATURE_HEADER, "v1=" + "z" * 64),
+            "other_scheme": (SIGNATURE_HEADER, "v0=" + "0" * 64),
+        }
+        name, value = broken[how]
+        headers = {k: v for k, v in self.headers.items() if k.lower() != name.lower()}
+        if value is not None:
+            headers[name] = value
+        return replace(self, headers=headers, attempts=0)
+
+
+Forgery = Literal[
+    "tampered",
+    "stale",
+    "future",
+    "unsigned",
+    "undated",
+    "bad_timestamp",
+    "bad_signature",
+    "not_hex",
+    "other_scheme",
+]
 
 
 @dataclass(frozen=True)
@@ -431,7 +474,9 @@ def _fault_response(fault: Fault) -> Response:
     if fault.kind is FaultKind.RATE_LIMIT:
         headers = {}
         if fault.retry_after is not None:
-            headers["Retry-After"] = retry_after_header(fault.retry_after)
+            headers["Retry-After"] = retry_after_header(
+                fault.retry_after, as_date=fault.retry_after_date
+            )
         return _error(status, "Rate limit exceeded, retry later", headers)
     if fault.kind is FaultKind.SERVER_ERROR:
         return _error(status, "Internal error in the parsing service (injected)")

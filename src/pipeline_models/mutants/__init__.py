@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,17 +64,38 @@ class Mutant:
     seen: str  # where bugs of this kind were seen
     edits: Sequence[Edit]
     machine: Machine = "pipeline"  # the smallest machine whose rules can expose it
+    # The installed package the edits apply to: this one (the reference pipeline), or a
+    # third-party queue checked through an adapter (procrastinate).
+    package: str = "pipeline_models"
+    # The invariant closest to the bug's cause: the one a kill should report first.
+    invariant: str | None = None
 
     def plant(self, destination: Path) -> Path:
         """A copy of the package under ``destination`` with the bug planted; returns the
         directory to put first on ``sys.path``."""
-        copy = destination / "pipeline_models"
+        copy = destination / self.package
         if copy.exists():
             shutil.rmtree(copy)
-        shutil.copytree(PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            package_root(self.package), copy, ignore=shutil.ignore_patterns("__pycache__")
+        )
         for edit in self.edits:
             edit.apply(copy)
         return destination
+
+
+def package_root(package: str) -> Path:
+    """Where the installed ``package`` lives (its directory), to copy and edit.
+
+    >>> package_root("pipeline_models") == PACKAGE_ROOT
+    True
+    """
+    if package == "pipeline_models":
+        return PACKAGE_ROOT
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise MutantError(f"no installed package {package!r} to plant mutants in")
+    return Path(next(iter(found.submodule_search_locations)))
 
 
 UNMODIFIED = Mutant(
@@ -85,4 +107,12 @@ UNMODIFIED = Mutant(
 )
 """The control of every mutant run: no edits. Its rounds must pass for a kill to count."""
 
-__all__ = ["PACKAGE_ROOT", "UNMODIFIED", "Edit", "Machine", "Mutant", "MutantError"]
+__all__ = [
+    "PACKAGE_ROOT",
+    "UNMODIFIED",
+    "Edit",
+    "Machine",
+    "Mutant",
+    "MutantError",
+    "package_root",
+]

@@ -71,6 +71,42 @@ CATALOG: tuple[Mutant, ...] = (
             )
         ],
     ),
+    Mutant(
+        "orphans-rescued-by-lost-session",
+        "claims",
+        "a worker is alive while its session holds its advisory lock; one back from a lost "
+        "connection requeues the jobs of workers without theirs, though after an outage "
+        "every worker lost its session and lives on, mid-step, holding a live lease",
+        "advisory-lock job queues: a lost session frees the lock and the job runs twice",
+        [
+            Edit(
+                _WORKER,
+                "            self._connection = connection\n",
+                "            self._connection = connection\n"
+                "            await connection.execute(\n"
+                '                "SELECT pg_advisory_unlock_all(), pg_try_advisory_lock("\n'
+                "                \"hashtextextended(current_schema() || '/' || $1, 0))\",\n"
+                "                self.name,\n"
+                "            )\n"
+                '            if self.stats["database_errors"]:\n'
+                "                await connection.execute(\n"
+                "                    \"UPDATE upload_jobs AS job SET state = 'queued', \"\n"
+                '                    "owner = NULL, lease_expires_at = NULL, "\n'
+                '                    "next_attempt_at = $1, updated_at = $1 "\n'
+                '                    "WHERE job.job_id IN (SELECT job_id FROM upload_jobs "\n'
+                "                    \"WHERE state = 'working' FOR UPDATE SKIP LOCKED) \"\n"
+                '                    "AND NOT EXISTS ("\n'
+                '                    "SELECT 1 FROM pg_locks AS lock WHERE "\n'
+                "                    \"lock.locktype = 'advisory' AND lock.objsubid = 1 \"\n"
+                '                    "AND ((lock.classid::int8 << 32) | lock.objid::int8) "\n'
+                '                    "= hashtextextended(current_schema() || "\n'
+                "                    \"'/' || job.owner, 0))\",\n"
+                "                    self.clock.now(),\n"
+                "                )\n",
+            )
+        ],
+        invariant="fencing",
+    ),
     # -- fencing ------------------------------------------------------------------------
     Mutant(
         "completion-without-owner-check",

@@ -132,11 +132,19 @@ def _program(error: BaseException) -> list[str]:
     ]
 
 
+ADAPTER: str | None = None  # --adapter MODULE:NAME: a third-party system's, on the core
+
+
 def _machine(layer: str, *, whole_steps: bool, schema: str, drain: bool = True) -> type[Any]:
     if layer == "core":
         from pipeline_models.core import machine_for
         from pipeline_models.pipeline.adapter import ReferenceAdapter
 
+        if ADAPTER is not None:
+            import importlib
+
+            module, _, name = ADAPTER.partition(":")
+            return machine_for(getattr(importlib.import_module(module), name))
         return machine_for(ReferenceAdapter.in_schema(schema))
     base: type[machines.QueueMachine] = (
         machines.QueueMachine if layer == "queue" else machines.PipelineMachine
@@ -350,7 +358,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="stop shrinking after this long (the report shows the shortest program found)",
     )
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        help="with --layer core: the adapter (MODULE:NAME) of the system the mutant is in",
+    )
     arguments = parser.parse_args(argv)
+    global ADAPTER
+    ADAPTER = arguments.adapter
     if arguments.shrink_seconds is not None:
         # Hypothesis's own bound (300 s) is an engine constant, not a setting.
         from hypothesis.internal.conjecture import engine

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,16 @@ class MutantReport:
     seen: str
     sides: dict[str, SideResult] = field(default_factory=dict)
     error: str | None = None  # the child process failed (not the same as a kill)
+    invariant: str | None = None  # the invariant the catalog names as closest to the bug
+
+    @property
+    def first_as_named(self) -> bool | None:
+        """Whether the checker's kill reported the named invariant first (None: no name,
+        or no kill)."""
+        checker = self.sides.get("checker")
+        if self.invariant is None or checker is None or not checker.killed:
+            return None
+        return bool(checker.fired) and checker.fired[0] == self.invariant
 
     def killed_by(self, side: str) -> bool:
         result = self.sides.get(side)
@@ -66,6 +77,9 @@ class RunOptions:
     # None: each mutant on the machine the catalog names; "core": every mutant, and the
     # control, checked by the core's queue machine through the reference's adapter.
     layer: str | None = None
+    # With layer "core": the adapter (MODULE:NAME) that checks a third-party system;
+    # None: the reference's (pipeline_models.pipeline.adapter).
+    adapter: str | None = None
 
     @property
     def timeout_seconds(self) -> float:
@@ -103,6 +117,8 @@ def _child(
     ]
     if every_round:
         command.append("--every-round")
+    if options.adapter:
+        command += ["--adapter", options.adapter]
     environment = dict(os.environ)
     if pythonpath is not None:
         environment["PYTHONPATH"] = os.pathsep.join(
@@ -147,7 +163,9 @@ def _planted_run(
     """Plant ``system`` in a scratch copy and run its child there, in a free schema."""
     schema = schemas.get()
     try:
-        with tempfile.TemporaryDirectory(prefix=f"pm-mutant-{system.name}-") as scratch:
+        with tempfile.TemporaryDirectory(
+            prefix=f"pm-mutant-{re.sub(r'[^A-Za-z0-9_.-]', '_', system.name)}-"
+        ) as scratch:
             root = system.plant(Path(scratch))
             return _child(
                 options,
@@ -190,6 +208,7 @@ def run_mutants(
             mutant.seen,
             {result.side: result for result in results},
             error,
+            mutant.invariant,
         )
         if on_result is not None:
             on_result(report)
@@ -379,6 +398,10 @@ def summary(reports: Sequence[MutantReport], sides: Sequence[str]) -> dict[str, 
         figures["program_length_max"] = max(programs)
     if checker:
         figures["with_shrinking_seconds_median"] = statistics.median(r.seconds for r in checker)
+    named = [r.first_as_named for r in reports if r.first_as_named is not None]
+    if named:
+        figures["first_as_named"] = sum(named)
+        figures["named_kills"] = len(named)
     return figures
 
 
@@ -386,8 +409,9 @@ def format_report(reports: Sequence[MutantReport], sides: Sequence[str]) -> str:
     headers = ["mutant", "kind"]
     for side in sides:
         headers.append(SIDE_TITLES[side])
+    named = any(report.invariant for report in reports)
     if "checker" in sides:
-        headers += ["rules", "fired"]
+        headers += ["rules", "fired"] + (["named"] if named else [])
     rows = []
     for report in reports:
         row = [report.name, report.kind]
@@ -397,6 +421,9 @@ def format_report(reports: Sequence[MutantReport], sides: Sequence[str]) -> str:
             checker = report.sides.get("checker")
             row.append(str(len(checker.program)) if checker and checker.killed else "")
             row.append(", ".join(checker.fired) if checker and checker.killed else "")
+            if named:
+                mark = {True: "", False: " (not first)", None: ""}[report.first_as_named]
+                row.append(f"{report.invariant or ''}{mark}")
         rows.append(row)
     lines = [format_table(headers, rows), ""]
     figures = summary(reports, sides)
@@ -411,6 +438,11 @@ def format_report(reports: Sequence[MutantReport], sides: Sequence[str]) -> str:
             f"program median {figures.get('program_length_median', 0):g} rules, max "
             f"{figures.get('program_length_max', 0)}; with shrinking, median "
             f"{figures['with_shrinking_seconds_median']:.1f} s"
+        )
+    if "named_kills" in figures:
+        lines.append(
+            f"first reported invariant is the named one: {figures['first_as_named']}/"
+            f"{figures['named_kills']} kills"
         )
     for report in reports:
         if report.error:

@@ -13,6 +13,15 @@ Check it as a queue::
 
 or from the command line: ``pipeline-models check --adapter
 pipeline_models.pipeline.adapter:ReferenceAdapter``.
+
+Besides enqueueing, the machine draws the pipeline's other users as the adapter's
+actions: documents of every kind and size uploaded through the upload path, the same
+bytes uploaded again (by their owner or by another user), an upload cut short by the
+API process dying, fault plans put on the parser and the embeddings service, the
+parser's webhooks (delivered, delivered twice, forged), a user reading another's job,
+an operator retrying a job, and an operator capping the spending. The API runs in
+process (one app per schema, pointed at each example's pipeline); its statements are
+the action's round trips.
 """
 
 from __future__ import annotations
@@ -21,22 +30,34 @@ import atexit
 import re
 import shutil
 import tempfile
+import time
 import uuid
-from typing import Any, ClassVar
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
 
 import asyncpg
 import httpx
 import httpx2
+from hypothesis import strategies as st
 
 from pipeline_models.clock import SystemClock
-from pipeline_models.core import Adapter, Attempts, Holder, Spec, States
+from pipeline_models.core import Adapter, Attempts, Holder, Spec, States, action
 from pipeline_models.core.interpose import CheckedTransport
 from pipeline_models.core.invariants import Finding
 from pipeline_models.database import Database
 from pipeline_models.documents import Document, markdown_document
-from pipeline_models.fakes import FaultTransport, create_embeddings_app, create_parser_app
+from pipeline_models.drivers import CHECK_CONFIG
+from pipeline_models.fakes import (
+    FaultPlan,
+    FaultTransport,
+    create_embeddings_app,
+    create_parser_app,
+)
 from pipeline_models.lifecycle import STAGES, State
 from pipeline_models.model import discrepancies, expected_outcomes
+from pipeline_models.pipeline.api import ApiSettings, create_api
+from pipeline_models.pipeline.auth import TokenIssuer
+from pipeline_models.pipeline.budget import Budget
 from pipeline_models.pipeline.config import WorkerConfig
 from pipeline_models.pipeline.reference import (
     FAKE_API_KEY,
@@ -45,14 +66,19 @@ from pipeline_models.pipeline.reference import (
     ReferencePipeline,
     build_services,
 )
-from pipeline_models.pipeline.retry import RetryPolicy
 from pipeline_models.pipeline.storage import LocalDirectoryStorage
+from pipeline_models.pipeline.uploads import (
+    Upload,
+    UploadRejectedError,
+    check_upload,
+)
 from pipeline_models.queries import QUERIES, Queries
 from pipeline_models.snapshot import Snapshot, take_snapshot
+from strategies import documents, fault_plans, faults
 
 SCHEMA = "pm_reference"
-LEASE_SECONDS = 30
-RETRY_LIMIT = RetryPolicy().limit
+LEASE_SECONDS = int(CHECK_CONFIG.lease_seconds)
+RETRY_LIMIT = WorkerConfig().retry.limit
 
 
 def reference_spec(schema: str = SCHEMA) -> Spec:
@@ -84,6 +110,8 @@ def reference_spec(schema: str = SCHEMA) -> Spec:
             resets_on=["stage", "chunk_cursor", "embeddings_done", "parser_job_id"],
         ),
         due="next_attempt_at",
+        # An operator's retry queues a dead letter again (POST /jobs/{id}/retry).
+        extra_moves=[(State.DEADLETTER.value, State.QUEUED.value)],
         stage="stage",
         stages=[stage.value for stage in STAGES],
         finished="kept",
@@ -92,8 +120,22 @@ def reference_spec(schema: str = SCHEMA) -> Spec:
 
 _DOCUMENT = re.compile(r"document ([0-9a-f-]{36})\b")
 
-# One user uploads every document: the queue layer does not look at ownership.
+# The queue's jobs are one user's; actions upload as either of two users.
 _USER = uuid.UUID(int=1)
+_OTHER_USER = uuid.UUID(int=2)
+_OPERATOR = uuid.UUID(int=9)
+_CUT_POINTS = ("blob_stored", "document_inserted")
+_TOKEN_SECRET = "pipeline-models-core-token-secret"
+_WEBHOOK_SECRET = "pipeline-models-core-webhook-secret"
+_API_URL = "http://api.check"
+# The spending caps an operator sets: none, below one call, a few calls, plenty.
+BUDGET_LIMITS_USD = tuple(Decimal(limit) for limit in ("0", "0.003", "0.012", "1"))
+DRAIN_BUDGET_USD = Decimal(1000)
+MAX_UPLOAD_BYTES = ApiSettings.max_upload_bytes  # the API's default limit
+
+
+class _ApiDied(Exception):
+    """The API process dies at a point of an upload (raised from its checkpoint)."""
 
 
 class ReferenceAdapter(Adapter):
@@ -101,7 +143,12 @@ class ReferenceAdapter(Adapter):
 
     spec: ClassVar[Spec] = reference_spec()
     schema: ClassVar[str] = SCHEMA
-    config: ClassVar[WorkerConfig] = WorkerConfig(lease_seconds=LEASE_SECONDS, idle_seconds=0.5)
+    # The pipeline's own defaults, polling every half second. (The old layer's small
+    # config with one second a round trip made the unmodified pipeline's derandomized
+    # core round fail on redelivery, not yet explained: see docs/mutants.md.)
+    config: ClassVar[WorkerConfig] = WorkerConfig(
+        lease_seconds=CHECK_CONFIG.lease_seconds, idle_seconds=0.5
+    )
     # The worker's SQL (a test plants a bug by changing it, as a mutant does in a copy).
     queries: ClassVar[Queries] = QUERIES
 
@@ -115,14 +162,19 @@ class ReferenceAdapter(Adapter):
         self._pipeline: ReferencePipeline | None = None
         self._database: Database | None = None
         self._uploads: dict[uuid.UUID, Document] = {}  # this example's, by document id
+        # The actions' uploads, as sent: (user, document, its answer once answered).
+        self._sent: list[list[Any]] = []
+        self._jobs: list[tuple[uuid.UUID, uuid.UUID]] = []  # (job, its user), in upload order
+        self._cap: Decimal | None = None
+        self._tokens = TokenIssuer(_TOKEN_SECRET, clock=SystemClock(), ttl_seconds=10**9)
 
     # -- the three verbs ---------------------------------------------------------------
 
     async def setup(self, connection: asyncpg.Connection) -> None:
         database = self._database_at(self.dsn)
-        if not _SCHEMAS_READY.get(database.url):
+        if not _SCHEMAS_READY.get((database.url, self.schema)):
             await database.ensure_schema()
-            _SCHEMAS_READY[database.url] = True
+            _SCHEMAS_READY[(database.url, self.schema)] = True
         async with connection.transaction():
             await _search_schema_first(connection, self.schema)
             await database.reset(connection)
@@ -137,6 +189,7 @@ class ReferenceAdapter(Adapter):
             await _search_schema_last(connection, self.schema)
             upload = await pipeline.upload(connection, user_id=_USER, document=document)
         self._uploads[upload.document_id] = document
+        self._jobs.append((upload.job_id, _USER))
         return upload.job_id
 
     async def run_worker(self, name: str, dsn: str) -> None:
@@ -161,7 +214,17 @@ class ReferenceAdapter(Adapter):
             for document_id in expected
             if [job.state for job in snapshot.jobs_of(document_id)] == [State.DONE]
         }
-        found = []
+        found = [
+            Finding(
+                "documents",
+                "a document has no job: nothing will ever process it",
+                None,
+                "every stored document with its job",
+                f"document {document_id} ({document.status}), no job",
+            )
+            for document_id, document in snapshot.documents.items()
+            if not snapshot.jobs_of(document_id)
+        ]
         for problem in discrepancies(expected, snapshot):
             named = _DOCUMENT.match(problem)
             document = named.group(1) if named else None
@@ -169,11 +232,229 @@ class ReferenceAdapter(Adapter):
                 found.append(Finding("documents", problem, _job_of(snapshot, document)))
         return found
 
+    async def teardown(self, connection: asyncpg.Connection) -> None:
+        """The in-process API's pool and client go before the server does."""
+        api = _APIS.pop((self.dsn, self.schema), None)
+        if api is not None:
+            app, client = api
+            await app.state.runtime.close()
+            await client.aclose()
+
+    # -- the pipeline's other users -------------------------------------------------------
+
+    async def heal(self) -> None:
+        """Before the drain: both services heal and the operator lifts any cap above
+        what a program can spend (a job held for the budget is then released)."""
+        fakes = self._fakes()
+        fakes.parser.faults = FaultPlan.healthy()
+        fakes.embeddings.faults = FaultPlan.healthy()
+        if self._cap is not None:
+            await self.cap_the_spending(DRAIN_BUDGET_USD)
+
+    @action(plan=fault_plans())
+    async def put_faults_on_the_parser(self, plan: FaultPlan) -> None:
+        """The parser answers its next requests as ``plan`` says, then heals."""
+        self._pipeline_at(self.dsn).fakes.parser.faults = plan  # type: ignore[union-attr]
+
+    @action(plan=fault_plans(faults=faults(wrong_dimension=True)))
+    async def put_faults_on_the_embeddings(self, plan: FaultPlan) -> None:
+        """The embeddings service answers its next requests as ``plan`` says."""
+        self._pipeline_at(self.dsn).fakes.embeddings.faults = plan  # type: ignore[union-attr]
+
+    @action(interleaved=True, document=documents(max_size=600), by_the_other_user=st.booleans())
+    async def upload_a_document(self, document: Document, by_the_other_user: bool) -> None:
+        """A document of any kind and size (the queue's own are small markdown)."""
+        user = _OTHER_USER if by_the_other_user else _USER
+        sent = [user, document, None]
+        self._sent.append(sent)
+        sent[2] = await self._upload(user, document)
+        if sent[2] is None:  # refused at the door: nothing to send again
+            self._sent.remove(sent)
+
+    @action(interleaved=True, pick=st.integers(0, 7), by_the_other_user=st.booleans())
+    async def upload_the_same_bytes_again(
+        self, pick: int, by_the_other_user: bool
+    ) -> list[Finding]:
+        """A document uploaded before (or on its way: started, not answered yet) is sent
+        again: by its owner it is the same document (no second job); by another user it
+        is that user's own."""
+        if not self._sent:
+            return []
+        sent = self._sent[pick % len(self._sent)]
+        user, document, _ = sent
+        again_by = (_OTHER_USER if user == _USER else _USER) if by_the_other_user else user
+        again = await self._upload(again_by, document)
+        first = sent[2]
+        if again is None or first is None:  # the first still on its way: no answer to compare
+            return []
+        same = again.document_id == first.document_id
+        if again_by == user and (again.created or not same):
+            return [
+                Finding(
+                    "uploads",
+                    "the same bytes from the same user made a second document",
+                    str(again.job_id),
+                    f"document {first.document_id}, not created again",
+                    f"document {again.document_id} (created: {again.created})",
+                )
+            ]
+        if again_by != user and same:
+            return [
+                Finding(
+                    "uploads",
+                    "another user's upload of the same bytes was given the first user's document",
+                    str(again.job_id),
+                    "a document of the second user's own",
+                    f"document {again.document_id}, the first user's",
+                )
+            ]
+        return []
+
+    @action(point=st.sampled_from(_CUT_POINTS))
+    async def upload_cut_short(self, point: str) -> None:
+        """The API process dies at ``point`` of an upload: the client hears nothing."""
+        number = len(self._sent) + 100
+        document = markdown_document(
+            f"# Cut {number}\n\nAn upload whose API process died, {point}.\n",
+            filename=f"cut-{number}.md",
+        )
+
+        async def die(reached: str, _: asyncpg.Connection) -> None:
+            if reached == point:
+                raise _ApiDied(reached)
+
+        try:
+            await self._upload(_USER, document, checkpoint=die)
+        except _ApiDied:
+            return
+
+    async def _upload(
+        self, user: uuid.UUID, document: Document, *, checkpoint: Any = None
+    ) -> Upload | None:
+        """Upload as the API does, on a connection of the action's own (None: refused)."""
+        pipeline = self._pipeline_at(self.dsn)
+        try:
+            check_upload(
+                document.data,
+                filename=document.filename,
+                declared_type=document.content_type,
+                max_bytes=MAX_UPLOAD_BYTES,
+            )
+        except UploadRejectedError:
+            return None  # refused at the door, as the API does: nothing stored
+        connection = await pipeline.database.connect(application_name="pipeline-models api")
+        try:
+            upload = await pipeline.upload(
+                connection,
+                user_id=user,
+                document=document,
+                queries=self.queries,
+                checkpoint=checkpoint,
+            )
+        finally:
+            await connection.close()
+        self._uploads[upload.document_id] = document
+        if upload.created:
+            self._jobs.append((upload.job_id, user))
+        return upload
+
+    @action(interleaved=True)
+    async def deliver_parser_webhooks(self) -> None:
+        """The parser sends the webhooks it has queued (each job parsed, or failed)."""
+        parser = self._fakes().parser
+        for delivery in list(parser.outbox):
+            await parser.redeliver(delivery)
+
+    @action()
+    async def deliver_a_webhook_twice(self) -> None:
+        """The parser sends its last delivered webhook again (at-least-once delivery)."""
+        parser = self._fakes().parser
+        if parser.delivered:
+            await parser.redeliver(parser.delivered[-1])
+
+    @action(how=st.sampled_from(["tampered", "stale"]))
+    async def deliver_a_forged_webhook(self, how: Literal["tampered", "stale"]) -> list[Finding]:
+        """An attacker sends a genuine webhook changed after signing, or replayed late."""
+        parser = self._fakes().parser
+        genuine = [*parser.delivered, *parser.outbox]
+        if not genuine:
+            return []
+        forgery = genuine[-1].forged(how, secret=_WEBHOOK_SECRET, now=time.time())
+        status = (await parser.send_forgery(forgery)).status_code
+        return self._answer(None, f"a {how} webhook", status, {401})
+
+    @action(pick=st.integers(0, 7))
+    async def look_at_a_job_as_the_other_user(self, pick: int) -> list[Finding]:
+        """A user asks for a job that is another user's: it must not exist for them."""
+        if not self._jobs:
+            return []
+        job, owner = self._jobs[pick % len(self._jobs)]
+        stranger = _OTHER_USER if owner == _USER else _USER
+        response = await self._api().get(f"/jobs/{job}", headers=self._auth(stranger))
+        return self._answer(job, "another user's job", response.status_code, {404})
+
+    @action(pick=st.integers(0, 7))
+    async def retry_a_job_as_operator(self, pick: int) -> list[Finding]:
+        """The job's owner asks to retry it: a dead letter is queued again (200), any
+        other job is refused (409)."""
+        if not self._jobs:
+            return []
+        job, owner = self._jobs[pick % len(self._jobs)]
+        seen = await self._api().get(f"/jobs/{job}", headers=self._auth(owner))
+        dead = seen.status_code == 200 and seen.json().get("state") == State.DEADLETTER.value
+        response = await self._api().post(f"/jobs/{job}/retry", headers=self._auth(owner))
+        what = f"a retry of a {'dead-lettered' if dead else 'live or done'} job"
+        return self._answer(job, what, response.status_code, {200} if dead else {409})
+
+    @action(limit=st.sampled_from(BUDGET_LIMITS_USD))
+    async def cap_the_spending(self, limit: Decimal) -> list[Finding]:
+        """The operator caps the spending, or raises the cap (never lowers it): a cap
+        below the next call's estimate holds its job, a raise releases it."""
+        if self._cap is not None and limit <= self._cap:
+            return []
+        self._cap = limit
+        response = await self._api().put(
+            "/operator/budget", json={"max_cost_usd": str(limit)}, headers=self._auth(_OPERATOR)
+        )
+        return self._answer(None, "the operator's cap", response.status_code, {200})
+
+    def _answer(
+        self, job: uuid.UUID | None, what: str, status: int | None, expected: set[int]
+    ) -> list[Finding]:
+        if status in expected:
+            return []
+        return [
+            Finding(
+                "api",
+                f"{what} was answered {status}",
+                None if job is None else str(job),
+                " or ".join(str(code) for code in sorted(expected)),
+                str(status),
+            )
+        ]
+
+    def _auth(self, user: uuid.UUID) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._tokens.issue(user)}"}
+
+    def _fakes(self) -> Fakes:
+        fakes = self._pipeline_at(self.dsn).fakes
+        assert fakes is not None
+        return fakes
+
+    def _api(self) -> httpx.AsyncClient:
+        self._pipeline_at(self.dsn)
+        return _APIS[(self.dsn, self.schema)][1]
+
     # -- one pipeline per example, shared by its workers --------------------------------
 
     def _database_at(self, url: str) -> Database:
+        """One per schema and process: the in-process API keeps its database (and its
+        pool) from example to example."""
         if self._database is None:
-            self._database = Database(url, schema=self.schema)
+            key = (url, self.schema)
+            if key not in _DATABASES:
+                _DATABASES[key] = Database(url, schema=self.schema)
+            self._database = _DATABASES[key]
         return self._database
 
     def _pipeline_at(self, url: str) -> ReferencePipeline:
@@ -181,7 +462,7 @@ class ReferenceAdapter(Adapter):
         embeddings service (a job parsed by one worker is polled by its successor)."""
         if self._pipeline is None:
             fakes = Fakes(
-                create_parser_app(api_key=FAKE_API_KEY),
+                create_parser_app(api_key=FAKE_API_KEY, webhook_secrets=(_WEBHOOK_SECRET,)),
                 create_embeddings_app(api_key=FAKE_API_KEY),
             )
             services = build_services(
@@ -203,6 +484,7 @@ class ReferenceAdapter(Adapter):
                 ),
                 embeddings_url="http://embeddings.fake/v1",
                 embeddings_key=FAKE_API_KEY,
+                webhook_url=f"{_API_URL}/webhooks/parser",
             )
             self._pipeline = ReferencePipeline(
                 self._database_at(url),
@@ -212,11 +494,33 @@ class ReferenceAdapter(Adapter):
                 clock=SystemClock(),
                 config=self.config,
                 fakes=fakes,
+                # Capped only once an operator sets a limit.
+                budget=Budget(),
             )
+            fakes.parser.webhook_client = self._api_for(self._pipeline)
         return self._pipeline
 
+    def _api_for(self, pipeline: ReferencePipeline) -> httpx.AsyncClient:
+        """The in-process API serving ``pipeline`` (built once per schema: ~20 ms)."""
+        key = (self.dsn, self.schema)
+        if key in _APIS:
+            app, client = _APIS[key]
+            app.state.runtime.use(pipeline)
+            return client
+        settings = ApiSettings(
+            token_secret=_TOKEN_SECRET,
+            webhook_secrets=(_WEBHOOK_SECRET,),
+            operators=frozenset({_OPERATOR}),
+        )
+        app = create_api(pipeline, settings)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=_API_URL)
+        _APIS[key] = (app, client)
+        return client
 
-_SCHEMAS_READY: dict[str, bool] = {}
+
+_SCHEMAS_READY: dict[tuple[str, str], bool] = {}  # by database and schema
+_DATABASES: dict[tuple[str, str], Database] = {}
+_APIS: dict[tuple[str, str], tuple[Any, httpx.AsyncClient]] = {}
 _BLOBS: list[str] = []
 
 

@@ -43,9 +43,9 @@ from pipeline_models.pipeline.config import WorkerConfig
 from pipeline_models.pipeline.ratelimit import RateLimits
 from pipeline_models.pipeline.services import EmbeddingsClient, ParserClient, Services
 from pipeline_models.pipeline.storage import BlobStorage, LocalDirectoryStorage
-from pipeline_models.pipeline.uploads import Upload, enqueue_upload
+from pipeline_models.pipeline.uploads import Upload, UploadCheckpoint, enqueue_upload
 from pipeline_models.pipeline.worker import BaseWorker, StepAction, StepResult, default_breakers
-from pipeline_models.queries import QUERIES
+from pipeline_models.queries import QUERIES, Queries
 
 FAKE_API_KEY = "fake-key-for-tests"
 SERVICE_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -279,9 +279,16 @@ class ReferencePipeline:
         raise AssertionError(f"jobs still live after {max_rounds} rounds; last: {results[-5:]}")
 
     async def upload(
-        self, connection: asyncpg.Connection, *, user_id: uuid.UUID, document: Document
+        self,
+        connection: asyncpg.Connection,
+        *,
+        user_id: uuid.UUID,
+        document: Document,
+        queries: Queries = QUERIES,
+        checkpoint: UploadCheckpoint | None = None,
     ) -> Upload:
-        """Accept ``document`` from ``user_id`` as the upload API does."""
+        """Accept ``document`` from ``user_id`` as the upload API does (``checkpoint``:
+        see :func:`~pipeline_models.pipeline.uploads.enqueue_upload`)."""
         return await enqueue_upload(
             connection,
             self.storage,
@@ -290,6 +297,8 @@ class ReferencePipeline:
             filename=document.filename,
             declared_type=document.content_type,
             data=document.data,
+            queries=queries,
+            checkpoint=checkpoint,
         )
 
     async def aclose(self) -> None:

@@ -4,8 +4,11 @@
 -- name: snapshot_all
 -- Every pipeline table in one statement: one round trip, one consistent snapshot. (Not
 -- observe_all without its audit rows: a snapshot must work where no audit is installed.)
-SELECT ARRAY(SELECT d FROM documents AS d) AS documents,
-       ARRAY(SELECT j FROM upload_jobs AS j) AS jobs,
+-- Every array in an order of the program's own (documents by user and content, jobs in
+-- insertion order), never the heap's: a server may return rows in any order, and what
+-- the checker does next (the drain's retries) must not depend on which.
+SELECT ARRAY(SELECT d FROM documents AS d ORDER BY d.user_id, d.file_sha256) AS documents,
+       ARRAY(SELECT j FROM upload_jobs AS j ORDER BY j.job_seq) AS jobs,
        ARRAY(SELECT c FROM document_chunk_buffer AS c ORDER BY c.document_id, c.chunk_ord)
            AS chunk_buffer,
        ARRAY(SELECT v FROM document_vector_buffer AS v ORDER BY v.document_id, v.chunk_id)
@@ -21,8 +24,8 @@ SELECT ARRAY(SELECT d FROM documents AS d) AS documents,
 -- trip, and the changes are exactly those that led to the tables read. next_xid is the
 -- oldest transaction still running (the next call's $1; see audit.sql, audit_since).
 -- $1 from_xid text (an xid8)
-SELECT ARRAY(SELECT d FROM documents AS d) AS documents,
-       ARRAY(SELECT j FROM upload_jobs AS j) AS jobs,
+SELECT ARRAY(SELECT d FROM documents AS d ORDER BY d.user_id, d.file_sha256) AS documents,
+       ARRAY(SELECT j FROM upload_jobs AS j ORDER BY j.job_seq) AS jobs,
        ARRAY(SELECT c FROM document_chunk_buffer AS c ORDER BY c.document_id, c.chunk_ord)
            AS chunk_buffer,
        ARRAY(SELECT v FROM document_vector_buffer AS v ORDER BY v.document_id, v.chunk_id)
