@@ -38,6 +38,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from pipeline_models import documents, machines
 from pipeline_models.examples_database import machine_database_key
 from pipeline_models.profiles import machine_settings, register_profiles, select_profile
+from pipeline_models.shrinking import shrink_limit
 
 MACHINES: dict[str, type[machines.QueueMachine]] = {
     "pipeline": machines.PipelineMachine,
@@ -69,8 +70,6 @@ def replay_program(
     """Replay one saved failure of ``machine`` and shrink it with Hypothesis's shrinker
     (a no-op for an already shrunk one); the program Hypothesis printed, the error, and
     the shrunk example's choices."""
-    from hypothesis.internal.conjecture import engine
-
     key = machine_database_key(machine)
     # The example alone in a throwaway database: replayed, shrunk, nothing else generated.
     # Under the secondary key: Hypothesis does not shrink again what it finds under the
@@ -89,17 +88,16 @@ def replay_program(
     )
     # Reprs of documents in full, so that the program rebuilds them (the default repr
     # abbreviates long ones to keep reports short).
-    limit, shrinking = documents._REPR_DATA_LIMIT, engine.MAX_SHRINKING_SECONDS
+    limit = documents._REPR_DATA_LIMIT
     documents._REPR_DATA_LIMIT = 1 << 30
-    # An engine constant, not a setting; typed int, but only ever added to a clock.
-    engine.MAX_SHRINKING_SECONDS = shrink_seconds  # type: ignore[assignment]
     try:
-        run_state_machine_as_test(machine, settings=settings)
+        with shrink_limit(shrink_seconds):
+            run_state_machine_as_test(machine, settings=settings)
     except Exception as error:
         shrunk = min(database.fetch(key), key=lambda blob: (len(blob), blob), default=choices)
         return program_lines(error), error, shrunk
     finally:
-        documents._REPR_DATA_LIMIT, engine.MAX_SHRINKING_SECONDS = limit, shrinking
+        documents._REPR_DATA_LIMIT = limit
     raise ReplayFailed(f"the saved example of {machine.__name__} passed when replayed")
 
 

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import seed as hypothesis_seed
-from hypothesis.internal.conjecture import engine
 from hypothesis.stateful import run_state_machine_as_test
 
 from pipeline_models.core.adapter import Adapter
 from pipeline_models.core.invariants import QueueViolation
 from pipeline_models.core.machines import STATISTICS, QueueMachine, queue_settings
 from pipeline_models.core.spec import Spec, SpecError
+from pipeline_models.shrinking import shrink_limit
 
 
 @dataclass
@@ -106,6 +106,7 @@ def run(
     before = STATISTICS.examples
     started = time.perf_counter()
     known: dict[str, Failure] = {}
+    said: list[str] = []  # what the search had to say besides its findings
     for index in range(rounds):
         round_seed = (seed or 0) + index if seed is not None or index else None
         searched = type(
@@ -117,7 +118,7 @@ def run(
                 "__module__": machine.__module__,
             },
         )
-        found = _search(searched, profile, round_seed, max_examples, shrink_seconds)
+        found = _search(searched, profile, round_seed, max_examples, shrink_seconds, said)
         new = [failure for failure in found if failure.invariant not in known]
         for failure in new:
             known[failure.invariant] = failure
@@ -126,7 +127,7 @@ def run(
     report.failures = list(known.values())
     report.seconds = time.perf_counter() - started
     report.examples = STATISTICS.examples - before
-    report.warnings = list(STATISTICS.warnings)
+    report.warnings = list(STATISTICS.warnings) + said
     return report
 
 
@@ -136,6 +137,7 @@ def _search(
     seed: int | None,
     max_examples: int | None,
     shrink_seconds: float,
+    said: list[str],
 ) -> list[Failure]:
     overrides: dict[str, Any] = {}
     if max_examples is not None:
@@ -143,15 +145,12 @@ def _search(
     if seed is not None:
         overrides["derandomize"] = False
         hypothesis_seed(seed)(machine)
-    shrinking = engine.MAX_SHRINKING_SECONDS
-    engine.MAX_SHRINKING_SECONDS = int(shrink_seconds)
     try:
-        run_state_machine_as_test(machine, settings=queue_settings(profile, **overrides))
+        with shrink_limit(shrink_seconds, said):
+            run_state_machine_as_test(machine, settings=queue_settings(profile, **overrides))
     except Exception as error:  # every failure is a finding to report
         errors = list(error.exceptions) if isinstance(error, ExceptionGroup) else [error]
         return [_failure(found) for found in errors]
-    finally:
-        engine.MAX_SHRINKING_SECONDS = shrinking
     return []
 
 
