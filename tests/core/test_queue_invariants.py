@@ -372,6 +372,28 @@ def test_a_job_claimed_once_per_stage_is_no_poison_job() -> None:
     assert trail.fired("redelivery")
 
 
+def test_a_job_that_makes_declared_progress_at_each_claim_is_no_poison_job() -> None:
+    """A long document crashed after every batch it committed is claimed once a batch at
+    one stage: each claim gets further (its cursor moves), so it is no poison job. The
+    unmodified reference with small batches made the core call this a redelivery."""
+    spec = Spec(
+        "jobs",
+        STATES,
+        holder=HEARTBEAT.holder,
+        attempts=Attempts("attempts", limit=2, resets_on=["cursor"]),
+    )
+    trail = Trail(spec)
+    trail.enqueue(cursor=0)
+    for batch in range(1, 7):
+        trail.claim("w1")
+        trail.write("w1", state="queued", cursor=batch)  # a batch written, then put back
+    assert trail.findings == []
+    for _ in range(4):  # and no further: the same cursor again and again (limit 2 + 1)
+        trail.claim("w1")
+        trail.write("w1", state="queued")
+    assert trail.fired("redelivery")
+
+
 def test_redelivery_fires_on_a_poison_job_claimed_past_the_limit() -> None:
     spec = Spec("jobs", STATES, holder=Holder("heartbeat", "beat", 30), max_deliveries=3)
     trail = Trail(spec)

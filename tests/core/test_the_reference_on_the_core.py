@@ -106,6 +106,58 @@ def test_the_document_extension_holds_a_finished_document_to_the_model() -> None
     assert "chunk" in findings[0].message
 
 
+@pytest.mark.parametrize(
+    ("bad", "invariant"),
+    [
+        # A live job's counter ahead of its buffer (progress-counter-overcounts).
+        ("UPDATE {s}.upload_jobs SET chunks_done = chunks_done + 2", "progress"),
+        # A chunk row that is not the planned one (chunks-written-after-the-move).
+        ("UPDATE {s}.document_chunk_buffer SET chunk_sha = repeat('0', 64)", "buffers"),
+        # A budget that does not add up to its calls (reservation-ignores-the-limit).
+        (
+            "INSERT INTO {s}.spending_budget (budget_id, limit_usd, reserved_usd, updated_at) "
+            "VALUES ('crafted', 1, 0.5, now())",
+            "billing",
+        ),
+    ],
+)
+def test_the_document_extension_judges_every_step(bad: str, invariant: str) -> None:
+    """Between any two steps the buffers, counters, final rows and ledger must add up: a
+    bug the drain would hide (a counter overcounted, then corrected) is seen only here.
+    A worker is stepped to a job with chunks buffered; the state is clean; then a crafted
+    change of one table is reported under the invariant it breaks."""
+    machine = machine_for(ReferenceAdapter, drain=False)()
+    monitor = machine.runtime.monitor
+    schema = f'"{ReferenceAdapter.schema}"'
+    try:
+        machine.upload_a_document(
+            document=adapter.markdown_document(
+                "# Long\n\n" + "A sentence that fills a chunk of the document. " * 40,
+                filename="long.md",
+            ),
+            by_the_other_user=False,
+        )
+        for _ in range(200):  # to the first committed chunk batch
+            buffered = machine._run(
+                monitor.fetchval(f"SELECT count(*) FROM {schema}.document_chunk_buffer")
+            )
+            if buffered:
+                break
+            machine.step_worker(worker="w1")
+        assert buffered, "the worker never buffered a chunk"
+        clean = machine._run(machine.adapter.findings_after_each_step(monitor))
+        machine._run(monitor.execute(bad.format(s=schema)))
+        findings = machine._run(machine.adapter.findings_after_each_step(monitor))
+        with pytest.raises(QueueViolation) as raised:  # the machine judges it after a rule
+            machine.enqueue_job()
+    finally:
+        machine.teardown()
+    assert raised.value.findings[0].invariant == invariant
+    assert clean == []
+    assert findings, f"a crafted {invariant} violation went unseen"
+    assert findings[0].invariant == invariant, findings
+
+
 def test_the_drain_waits_out_a_crashed_holders_lease_beside_a_polling_worker() -> None:
     """w1 claims a job and crashes holding it; w2 polls every 0.5 s. The drain must move
     time to the lease's end (30 s), not creep by w2's sleeps, or it calls a job that

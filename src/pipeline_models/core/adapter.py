@@ -124,6 +124,16 @@ class Adapter:
         lifted), so that every job can finish. Run as an action (``heal``): its writes
         are observed and judged like any other. Nothing by default."""
 
+    async def findings_after_each_step(self, connection: asyncpg.Connection) -> list[Finding]:
+        """The system's own invariants that hold between any two round trips, judged after
+        every rule and every step of the drain, on a connection of the checker's (so on
+        committed rows only): a counter equal to the rows it counts, no result row before
+        its job is done, a ledger that adds up. A bug whose harm the drain later hides (a
+        counter that overcounts and is then corrected, a row written and later replaced)
+        is seen only here. Reported with the queue's findings, after them. None by
+        default (and then no round trip is spent on it)."""
+        return []
+
     async def findings_at_end(self, connection: asyncpg.Connection) -> list[Finding]:
         """The system's own invariants beyond the queue, judged once the drain has
         finished every job: its other tables, read on a connection of the checker's (a

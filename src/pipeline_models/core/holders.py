@@ -147,9 +147,14 @@ class HolderHistory:
             # A declared extra move (an operator's retry of a failed job) starts the job
             # afresh: its claims are counted from there.
             self.claims[job] = 0
-        if spec.stage and change.value(spec.stage) != change.value(spec.stage, new=False):
-            # A job that moved to its next stage is delivered afresh: a poison job is one
-            # claimed again and again without getting anywhere.
+        progress = [spec.stage] if spec.stage else []
+        if spec.attempts is not None:
+            progress += spec.attempts.resets_on
+        if any(change.value(column) != change.value(column, new=False) for column in progress):
+            # A job that moved on (its next stage, or progress the spec declares: a cursor,
+            # a batch written) is delivered afresh: a poison job is one claimed again and
+            # again without getting anywhere. (A long document crashed after every batch is
+            # claimed once a batch, and each claim gets further.)
             self.claims[job] = 0
         if (move is Move.RELEASE and self._deferred(change)) or move is Move.OTHER:
             # The holder put its job off to a later time on purpose (a Retry-After, a

@@ -468,7 +468,10 @@ class QueueMachine(RuleBasedStateMachine):
             self._settle_actions()
         self._run(self.trail.read(self.runtime.monitor))
         self._aim()
-        self._judge()
+        own: list[Finding] = []
+        if type(self.adapter).findings_after_each_step is not Adapter.findings_after_each_step:
+            own = self._run(self.adapter.findings_after_each_step(self.runtime.monitor))
+        self._judge(own)
 
     def _aim(self) -> None:
         """Steer the search (targeted property-based testing) towards the zombie's

@@ -47,6 +47,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     invariants: tuple[str, ...] = ()  # what the machine judged (its INVARIANTS)
     own_checks: bool = False  # the adapter judges its own invariants after each drain
+    own_step_checks: bool = False  # ... and after every step (findings_after_each_step)
     actions: tuple[str, ...] = ()  # the adapter's actions the machine draws
 
     @property
@@ -63,6 +64,8 @@ class Report:
             drained = "; liveness at every drain" if "liveness" in self.invariants else ""
             if drained and self.own_checks:
                 drained += ", then the adapter's own (findings_at_end)"
+            if self.own_step_checks:
+                judged.append("the adapter's own after every step (findings_after_each_step)")
             lines.append(f"invariants checked: {', '.join(judged)}{drained}")
         if self.actions:
             lines.append(f"actions drawn: {', '.join(self.actions)}")
@@ -101,6 +104,9 @@ def run(
         profile,
         invariants=machine.INVARIANTS,
         own_checks=machine.ADAPTER.findings_at_end is not Adapter.findings_at_end,
+        own_step_checks=(
+            machine.ADAPTER.findings_after_each_step is not Adapter.findings_after_each_step
+        ),
         actions=machine.ACTIONS,
     )
     before = STATISTICS.examples

@@ -53,12 +53,19 @@ from pipeline_models.fakes import (
     create_embeddings_app,
     create_parser_app,
 )
+from pipeline_models.invariants import Expectations, Observation, check
 from pipeline_models.lifecycle import STAGES, State
-from pipeline_models.model import discrepancies, expected_outcomes
+from pipeline_models.model import (
+    ExpectedOutcome,
+    discrepancies,
+    expected_outcome,
+    expected_outcomes,
+)
 from pipeline_models.pipeline.api import ApiSettings, create_api
 from pipeline_models.pipeline.auth import TokenIssuer
 from pipeline_models.pipeline.budget import Budget
 from pipeline_models.pipeline.config import WorkerConfig
+from pipeline_models.pipeline.costs import Usage
 from pipeline_models.pipeline.reference import (
     FAKE_API_KEY,
     SERVICE_TIMEOUT,
@@ -66,6 +73,7 @@ from pipeline_models.pipeline.reference import (
     ReferencePipeline,
     build_services,
 )
+from pipeline_models.pipeline.services import EMBEDDINGS, PARSER
 from pipeline_models.pipeline.storage import LocalDirectoryStorage
 from pipeline_models.pipeline.uploads import (
     Upload,
@@ -132,6 +140,10 @@ _API_URL = "http://api.check"
 BUDGET_LIMITS_USD = tuple(Decimal(limit) for limit in ("0", "0.003", "0.012", "1"))
 DRAIN_BUDGET_USD = Decimal(1000)
 MAX_UPLOAD_BYTES = ApiSettings.max_upload_bytes  # the API's default limit
+# The old layer's invariants that read only the tables and the services' bills, judged
+# after every step (the rest read its own audit trail; the core's queue invariants
+# stand in for them).
+STEP_INVARIANTS = ("buffers", "progress", "finalize", "billing")
 
 
 class _ApiDied(Exception):
@@ -162,6 +174,7 @@ class ReferenceAdapter(Adapter):
         self._pipeline: ReferencePipeline | None = None
         self._database: Database | None = None
         self._uploads: dict[uuid.UUID, Document] = {}  # this example's, by document id
+        self._expected: dict[uuid.UUID, ExpectedOutcome] = {}  # the model's, as they are needed
         # The actions' uploads, as sent: (user, document, its answer once answered).
         self._sent: list[list[Any]] = []
         self._jobs: list[tuple[uuid.UUID, uuid.UUID]] = []  # (job, its user), in upload order
@@ -198,6 +211,47 @@ class ReferenceAdapter(Adapter):
             await worker.run()
         finally:
             await worker.close()
+
+    async def findings_after_each_step(self, connection: asyncpg.Connection) -> list[Finding]:
+        """The document extension between any two round trips (the old layer's checks
+        after every rule): the buffers hold a prefix of the planned chunks and their
+        vectors, a live job's counters equal its buffers' rows, final rows only for a done
+        job and exactly the model's, and the ledger adds up to the budget and to what the
+        services billed. Only documents whose upload was answered are held to the model
+        (one on its way is not known yet)."""
+        async with connection.transaction():
+            await _search_schema_first(connection, self.schema)
+            snapshot = await take_snapshot(connection)
+        for document_id, document in self._uploads.items():
+            if document_id not in self._expected:
+                self._expected[document_id] = expected_outcome(
+                    document_id, document, config=self.config
+                )
+        fakes = self._fakes()
+        observation = Observation(
+            snapshot,
+            changes=(),
+            history=(),
+            blobs=frozenset(),
+            embedding_inputs={},
+            services_billed={
+                PARSER: Usage(pages=fakes.parser.pages_billed),
+                EMBEDDINGS: Usage(tokens=fakes.embeddings.tokens_billed),
+            },
+        )
+        expectations = Expectations(self._expected, frozenset(), self.config)
+        return [
+            Finding(
+                violation.invariant,
+                violation.message
+                + ("" if violation.document_id is None else f" (document {violation.document_id})"),
+                None if violation.job_id is None else str(violation.job_id),
+                violation.expected,
+                violation.observed,
+            )
+            for violation in check(observation, expectations, names=STEP_INVARIANTS)
+            if violation.document_id is None or violation.document_id in self._expected
+        ]
 
     async def findings_at_end(self, connection: asyncpg.Connection) -> list[Finding]:
         """The document extension: once every job has finished, each document whose job
