@@ -158,6 +158,48 @@ def test_the_document_extension_judges_every_step(bad: str, invariant: str) -> N
     assert findings[0].invariant == invariant, findings
 
 
+def test_committed_vectors_sent_again_are_a_cost_finding() -> None:
+    """One batch of committed chunks sent again is the waste a crash or a late zombie
+    may make; more is a worker that starts its embedding again from the first chunk
+    (re-embed-everything-after-a-retry). Crafted: the service is shown three committed
+    chunks of a document again, one more than a batch."""
+    machine = machine_for(ReferenceAdapter, drain=False)()
+    monitor = machine.runtime.monitor
+    schema = f'"{ReferenceAdapter.schema}"'
+    try:
+        machine.upload_a_document(
+            document=adapter.markdown_document(
+                "# Long\n\n"
+                + "".join(
+                    f"Sentence {number} fills a part of the document. " for number in range(40)
+                ),
+                filename="long.md",
+            ),
+            by_the_other_user=False,
+        )
+        for _ in range(400):  # to two committed batches of vectors
+            done = machine._run(
+                monitor.fetchval(f"SELECT max(embeddings_done) FROM {schema}.upload_jobs")
+            )
+            if done >= 4:
+                break
+            machine.step_worker(worker="w1")
+        assert done >= 4, "the worker never committed two batches of vectors"
+        adapter_ = machine.adapter
+        [(document_id, outcome)] = adapter_._expected.items()
+        one_batch = [chunk.text for chunk in outcome.chunks[:2]]
+        sent = adapter_._fakes().embeddings.texts_by_user[str(document_id)]
+        sent.extend(one_batch)  # a crash's repeat: tolerated
+        tolerated = machine._run(adapter_.findings_after_each_step(monitor))
+        sent.extend([chunk.text for chunk in outcome.chunks[:3]])
+        findings = machine._run(adapter_.findings_after_each_step(monitor))
+    finally:
+        machine.teardown()
+    assert tolerated == []
+    assert [finding.invariant for finding in findings] == ["cost"]
+    assert findings[0].observed == "ordinals [0, 1, 2] sent again"
+
+
 def test_the_drain_waits_out_a_crashed_holders_lease_beside_a_polling_worker() -> None:
     """w1 claims a job and crashes holding it; w2 polls every 0.5 s. The drain must move
     time to the lease's end (30 s), not creep by w2's sleeps, or it calls a job that

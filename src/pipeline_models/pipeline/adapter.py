@@ -27,6 +27,7 @@ the action's round trips.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import re
 import shutil
 import tempfile
@@ -86,7 +87,7 @@ from strategies import documents, fault_plans, faults
 
 SCHEMA = "pm_reference"
 LEASE_SECONDS = int(CHECK_CONFIG.lease_seconds)
-RETRY_LIMIT = WorkerConfig().retry.limit
+RETRY_LIMIT = CHECK_CONFIG.retry.limit
 
 
 def reference_spec(schema: str = SCHEMA) -> Spec:
@@ -155,12 +156,13 @@ class ReferenceAdapter(Adapter):
 
     spec: ClassVar[Spec] = reference_spec()
     schema: ClassVar[str] = SCHEMA
-    # The pipeline's own defaults, polling every half second. (The old layer's small
-    # config with one second a round trip made the unmodified pipeline's derandomized
-    # core round fail on redelivery, not yet explained: see docs/mutants.md.)
-    config: ClassVar[WorkerConfig] = WorkerConfig(
-        lease_seconds=CHECK_CONFIG.lease_seconds, idle_seconds=0.5
-    )
+    # The pipeline layer's small configuration (batches of two, two retries, a circuit
+    # one document's failures can open), so that a program of a few rules reaches every
+    # batch boundary and limit; polling every half second.
+    config: ClassVar[WorkerConfig] = dataclasses.replace(CHECK_CONFIG, idle_seconds=0.5)
+    # Work takes time: a lease taken at the claim runs down while the worker works (a
+    # worker that never renews it loses its job mid-stage, as in production).
+    seconds_per_round_trip: ClassVar[float] = 1.0
     # The worker's SQL (a test plants a bug by changing it, as a mutant does in a copy).
     queries: ClassVar[Queries] = QUERIES
 
@@ -175,6 +177,9 @@ class ReferenceAdapter(Adapter):
         self._database: Database | None = None
         self._uploads: dict[uuid.UUID, Document] = {}  # this example's, by document id
         self._expected: dict[uuid.UUID, ExpectedOutcome] = {}  # the model's, as they are needed
+        # What the last step's check saw: texts answered by document, embeddings_done.
+        self._texts_seen: dict[str, int] = {}
+        self._embedded: dict[uuid.UUID, int] = {}
         # The actions' uploads, as sent: (user, document, its answer once answered).
         self._sent: list[list[Any]] = []
         self._jobs: list[tuple[uuid.UUID, uuid.UUID]] = []  # (job, its user), in upload order
@@ -216,9 +221,10 @@ class ReferenceAdapter(Adapter):
         """The document extension between any two round trips (the old layer's checks
         after every rule): the buffers hold a prefix of the planned chunks and their
         vectors, a live job's counters equal its buffers' rows, final rows only for a done
-        job and exactly the model's, and the ledger adds up to the budget and to what the
-        services billed. Only documents whose upload was answered are held to the model
-        (one on its way is not known yet)."""
+        job and exactly the model's, the ledger adds up to the budget and to what the
+        services billed, and committed vectors are not paid for again (cost). Only
+        documents whose upload was answered are held to the model (one on its way is not
+        known yet)."""
         async with connection.transaction():
             await _search_schema_first(connection, self.schema)
             snapshot = await take_snapshot(connection)
@@ -240,7 +246,7 @@ class ReferenceAdapter(Adapter):
             },
         )
         expectations = Expectations(self._expected, frozenset(), self.config)
-        return [
+        return self._committed_vectors_paid_again(snapshot) + [
             Finding(
                 violation.invariant,
                 violation.message
@@ -252,6 +258,44 @@ class ReferenceAdapter(Adapter):
             for violation in check(observation, expectations, names=STEP_INVARIANTS)
             if violation.document_id is None or violation.document_id in self._expected
         ]
+
+    def _committed_vectors_paid_again(self, snapshot: Snapshot) -> list[Finding]:
+        """Cost: texts sent to the embeddings service since the last step whose vectors
+        the job had already committed (below its ``embeddings_done`` then and now), more
+        than one batch of them. A crash may repeat the batch in flight, and a worker that
+        lost its lease while it paused before its request may send that one batch late;
+        a worker that starts a document's embedding again from the first chunk pays for
+        every batch twice."""
+        found = []
+        batch = self.config.embed_batch_size
+        for user, texts in self._fakes().embeddings.texts_by_user.items():
+            new = texts[self._texts_seen.get(user, 0) :]
+            self._texts_seen[user] = len(texts)
+            document_id = uuid.UUID(user)
+            expected = self._expected.get(document_id)
+            job = next(iter(snapshot.jobs_of(document_id)), None)
+            if not new or expected is None or job is None:
+                continue
+            done = min(self._embedded.get(document_id, 0), job.embeddings_done)
+            # A text may repeat within a document: committed only if every chunk
+            # carrying it is below the mark.
+            last: dict[str, int] = {}
+            for chunk in expected.chunks:
+                last[chunk.text] = max(chunk.ordinal, last.get(chunk.text, -1))
+            again = sorted({last[text] for text in new if last.get(text, done) < done})
+            if len(again) > batch:
+                found.append(
+                    Finding(
+                        "cost",
+                        "chunks whose vectors were already committed were paid for again "
+                        f"(document {document_id})",
+                        str(job.job_id),
+                        f"at most one batch ({batch}) below embeddings_done {done} sent again",
+                        f"ordinals {again} sent again",
+                    )
+                )
+        self._embedded = {job.document_id: job.embeddings_done for job in snapshot.jobs.values()}
+        return found
 
     async def findings_at_end(self, connection: asyncpg.Connection) -> list[Finding]:
         """The document extension: once every job has finished, each document whose job
