@@ -313,6 +313,47 @@ def test_where_every_return_is_a_retry_each_put_back_counts_once_in_its_own_writ
     assert "not counted" in recovered.fired("attempts")[0].message
 
 
+@pytest.mark.parametrize(("delay", "fires"), [(3, False), (0, True), (-5, True), (None, True)])
+def test_a_counted_failure_put_back_due_at_once_is_no_backoff(
+    delay: int | None, fires: bool
+) -> None:
+    spec = replace(HEARTBEAT, attempts=Attempts("attempts", limit=3, backs_off=True))
+    trail = Trail(spec)
+    trail.enqueue()
+    trail.claim("w1")
+    trail.tick(2)
+    due = None if delay is None else (trail.now + timedelta(seconds=delay)).isoformat()
+    trail.write("w1", state="queued", attempts=1, due=due)  # a failure, counted
+    assert bool(trail.fired("attempts")) == fires, trail.findings
+    if fires:
+        assert "no backoff" in trail.fired("attempts")[0].message
+    # Undeclared, the same history is no finding.
+    plain = Trail(HEARTBEAT)
+    plain.enqueue()
+    plain.claim("w1")
+    plain.write("w1", state="queued", attempts=1, due=due)
+    assert plain.findings == []
+
+
+def test_a_backoff_is_judged_from_the_time_the_worker_read_not_the_write() -> None:
+    """A worker reads the time, pauses before its write while a rule moves the clock
+    31 s, then writes due = what it read + 3 s: a backoff, though earlier than the write.
+    The scheduler tells the judge the time of the worker's step before the write."""
+    spec = replace(HEARTBEAT, attempts=Attempts("attempts", limit=3, backs_off=True))
+    trail = Trail(spec)
+    trail.enqueue()
+    trail.claim("w1")
+    read = trail.now
+    trail.tick(31)
+    trail.judge.read_before = lambda actor, at: read
+    trail.write("w1", state="queued", attempts=1, due=(read + timedelta(seconds=3)).isoformat())
+    assert trail.findings == []
+    trail.claim("w1")
+    read = trail.now
+    trail.write("w1", state="queued", attempts=2, due=read.isoformat())  # what it read: none
+    assert "no backoff" in trail.fired("attempts")[0].message
+
+
 def test_a_declared_progress_gives_the_attempts_a_fresh_budget_in_its_transaction() -> None:
     spec = Spec(
         "jobs",

@@ -67,6 +67,10 @@ def test_a_spec_reads_alike_from_its_own_file_and_from_a_pyproject_table(tmp_pat
             {"attempts": {"column": "attempts", "limit": 3, "resets_on": ["cursor; drop"]}},
             "'cursor; drop' is not a plain SQL identifier",
         ),
+        (
+            {"attempts": {"column": "attempts", "limit": 3, "backs_off": True}},
+            "attempts.backs_off needs the due column",
+        ),
     ],
 )
 def test_a_malformed_spec_is_refused_naming_the_key(change: dict[str, object], says: str) -> None:

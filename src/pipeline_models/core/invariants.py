@@ -16,12 +16,12 @@ reports distinct causes as distinct findings.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pipeline_models.core.holders import Event, Move, declared_extra_move
+from pipeline_models.core.holders import Event, Move, declared_extra_move, moment_of
 from pipeline_models.core.spec import TERMINAL, Finished, HolderModel, Meaning, Spec
 
 ORDER = (
@@ -154,6 +154,9 @@ class QueueJudge:
     deleted: set[str] = field(default_factory=set)  # every deletion the trail shows
     _redelivered: set[str] = field(default_factory=set)
     effects_of: dict[str, list[str]] = field(default_factory=dict)  # job: who, when
+    # The time a worker read before a write of its (the scheduler's read_before): a due
+    # time is judged against it, not against the write's, which a rule may have moved.
+    read_before: Callable[[str, datetime], datetime | None] | None = None
 
     def judge(self, events: Sequence[Event]) -> list[Finding]:
         found: list[Finding] = []
@@ -498,8 +501,31 @@ class QueueJudge:
             # Counted where it was recovered: nothing more is owed.
             paid = min(max(new - floor, 0), self.owed[job])
             self.owed[job] -= paid
+        elif returned and new > (old or 0):
+            found += self._backed_off(event)
         self.floor[job] = max(floor, new)
         return found + self._past_limit(event, new)
+
+    def _backed_off(self, event: Event) -> list[Finding]:
+        """attempts.backs_off: a counted failure put back due at once hammers whatever
+        made it fail (a rate-limited service: a 429 storm)."""
+        assert self.spec.attempts is not None
+        if not self.spec.attempts.backs_off or not self.spec.due:
+            return []
+        change = event.change
+        due = moment_of(change.value(self.spec.due))
+        read = (self.read_before and self.read_before(change.actor, change.at)) or change.at
+        if due is not None and due > read:
+            return []
+        return [
+            Finding(
+                "attempts",
+                "a failed attempt was put back due at once: no backoff",
+                change.job_id,
+                f"{self.spec.due} later than the worker's time ({read.isoformat()})",
+                f"{self.spec.due} {None if due is None else due.isoformat()} by {change.actor}",
+            )
+        ]
 
     def _past_limit(self, event: Event, attempts: int) -> list[Finding]:
         assert self.spec.attempts is not None

@@ -270,7 +270,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.clock.listeners.append(self._publish_time)
         self.runtime.scheduler = self.scheduler
         self.holders = HolderHistory(self.spec)
-        self.judge = QueueJudge(self.spec, self.INVARIANTS)
+        self.judge = QueueJudge(self.spec, self.INVARIANTS, read_before=self.scheduler.read_before)
         self.incarnation = dict.fromkeys(self.WORKER_SLOTS, 1)
         self.crashed: set[str] = set()
         self.jobs = 0

@@ -17,6 +17,7 @@ proxy speaking the Postgres protocol could also provide, for workers in any lang
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextvars
 import re
 import time
@@ -146,6 +147,8 @@ class WorkerSlot:
     connections: list[Any] = field(default_factory=list)
     thread_running: object | None = None  # a worker thread between two round trips
     effects: list[tuple[str, datetime]] = field(default_factory=list)  # calls answered
+    # The checker's time at each step (the time the worker read, if it read one).
+    resumed: list[datetime] = field(default_factory=list)
     crashed: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -340,8 +343,19 @@ class RoundTripScheduler:
             if point is not None:
                 slot.waiting.remove(point)
                 point.future.set_result(None)
+        slot.resumed.append(self.clock.now())
         await self.settle()
         return await self._report(slot)
+
+    def read_before(self, actor: str, at: datetime) -> datetime | None:
+        """The checker's time at ``actor``'s step before the one that wrote at ``at``: the
+        time a worker read before its write (``now = clock.now()``, then the statement),
+        however far a rule moved the time in between. None: not one of the scheduler's."""
+        slot = self.slots.get(actor)
+        if slot is None:
+            return None
+        writing = bisect.bisect_right(slot.resumed, at) - 1
+        return slot.resumed[max(writing - 1, 0)] if writing >= 0 else None
 
     async def _report(self, slot: WorkerSlot) -> StepReport:
         if slot.crashed:

@@ -218,6 +218,10 @@ class Attempts:
     # Columns whose change is progress (the stage column, a cursor): a worker that gives
     # each step a fresh budget writes the count back to 0 in the same write.
     resets_on: Sequence[str] = ()
+    # A failure the holder counts puts the job off: the write that puts it back sets the
+    # due column later than the write's own time (a backoff, a Retry-After). Needs the
+    # spec's due column.
+    backs_off: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.resets_on, str):
@@ -314,6 +318,11 @@ class Spec:
             )
         if self.max_deliveries < 1:
             raise SpecError(f"max_deliveries must be at least 1, got {self.max_deliveries}")
+        if self.attempts is not None and self.attempts.backs_off and not self.due:
+            raise SpecError(
+                "attempts.backs_off needs the due column: name it (due = ...), the column "
+                "a put-back job waits for"
+            )
 
     # -- reading -----------------------------------------------------------------------
 

@@ -117,6 +117,8 @@ def reference_spec(schema: str = SCHEMA) -> Spec:
             "retry_count",
             limit=RETRY_LIMIT,
             resets_on=["stage", "chunk_cursor", "embeddings_done", "parser_job_id"],
+            # Each counted failure waits out a backoff (or the service's Retry-After).
+            backs_off=True,
         ),
         due="next_attempt_at",
         # An operator's retry queues a dead letter again (POST /jobs/{id}/retry).
