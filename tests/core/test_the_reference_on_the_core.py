@@ -20,6 +20,7 @@ import pytest
 from pipeline_models.core import QueueViolation, machine_for
 from pipeline_models.core.report import run
 from pipeline_models.database import Database
+from pipeline_models.examples.guide.adapter import GuideAdapter
 from pipeline_models.mutants.catalog import BY_NAME
 from pipeline_models.pipeline import adapter
 from pipeline_models.queries import Queries
@@ -82,6 +83,58 @@ def test_a_lockless_claim_is_found() -> None:
     )
     assert not report.ok
     assert report.failures[0].invariant in ("mutual_exclusion", "attempts"), report.render()
+
+
+class WaitingClaimAdapter(ReferenceAdapter):
+    """claim-without-skip-locked: the claim locks its row FOR UPDATE, without SKIP LOCKED."""
+
+    queries: ClassVar[Queries] = planted("claim-without-skip-locked")
+
+
+@pytest.mark.parametrize(
+    ("adapter_class", "found"),
+    [(ReferenceAdapter, []), (WaitingClaimAdapter, ["claims_skip_locks"])],
+)
+def test_a_claim_that_waits_on_another_sessions_row_lock_is_found(
+    adapter_class: type[adapter.ReferenceAdapter], found: list[str]
+) -> None:
+    """The spec says claims skip locked rows: the lock holder locks the only job, and a
+    worker runs until it waits. The reference's claim passes the job by (the worker idles);
+    a claim without SKIP LOCKED waits behind the lock holder, and is reported. Released,
+    the waiting claim goes on."""
+    machine = machine_for(adapter_class, drain=False)()
+    try:
+        assert "claims_skip_locks" in machine.INVARIANTS
+        machine.enqueue_job()
+        machine.hold_a_row_lock(pick=0)
+        assert machine.row_lock is not None
+        try:
+            machine.run_worker_until_it_waits(worker="w1")
+            reported: list[str] = []
+        except QueueViolation as violation:
+            reported = [f"{f.invariant}: {f.observed}" for f in violation.findings]
+        machine.reported.clear()
+        machine.release_the_row_lock()
+        assert machine.row_lock is None
+        machine.run_worker_until_it_waits(worker="w1")  # the job is claimable again
+        claimed = machine._run(
+            machine.runtime.monitor.fetchval(
+                f'SELECT count(*) FROM "{ReferenceAdapter.schema}".upload_jobs '
+                "WHERE owner IS NOT NULL OR stage <> 'uploaded'"
+            )
+        )
+    finally:
+        machine.teardown()
+    assert [said.split(":")[0] for said in reported] == found
+    assert all("blocked in" in said for said in reported)
+    assert claimed == 1
+
+
+def test_a_spec_that_does_not_say_claims_skip_locks_draws_no_lock_holder() -> None:
+    machine = machine_for(GuideAdapter)
+    assert "claims_skip_locks" not in machine.INVARIANTS
+    assert "hold_a_row_lock" not in vars(machine)
+    assert "hold_a_row_lock" in vars(machine_for(ReferenceAdapter))
 
 
 def test_the_document_extension_holds_a_finished_document_to_the_model() -> None:

@@ -67,6 +67,7 @@ T = TypeVar("T")
 
 ENQUEUER = "pipeline-models enqueue"
 CHECKER = "pipeline-models checker"
+LOCK_HOLDER = "pipeline-models lock holder"
 MAX_JOBS = 4
 # Where run_worker_until stops a worker: before it writes, or before it commits.
 PAUSE_POINTS = ("a write", "a commit")
@@ -117,6 +118,13 @@ class _Runtime:
         self.clock_schema = f"{CLOCK_SCHEMA}_{os.getpid()}"
         self.run(self.monitor.execute(_drop_schemas(self.checker_schema, self.clock_schema)))
         self._enqueuer_path: str | None = None
+        self._lock_holder: asyncpg.Connection | None = None
+
+    async def lock_holder(self) -> asyncpg.Connection:
+        """The session that holds a job's row lock for a program (spec.skips_locked)."""
+        if self._lock_holder is None or self._lock_holder.is_closed():
+            self._lock_holder = await self.server.connect(application_name=LOCK_HOLDER)
+        return self._lock_holder
 
     @classmethod
     def get(cls) -> _Runtime:
@@ -167,6 +175,9 @@ class _Runtime:
             runtime.run(runtime.monitor.close())
         with contextlib.suppress(Exception):
             runtime.run(runtime.enqueuer.close())
+        if runtime._lock_holder is not None:
+            with contextlib.suppress(Exception):
+                runtime.run(runtime._lock_holder.close())
         terminate_every_connection()
         runtime.runner.close()
         terminate_every_connection()  # one a cancelled task's cleanup opened
@@ -281,6 +292,8 @@ class QueueMachine(RuleBasedStateMachine):
         # Actions started by start_<name>, moved by step_an_action only (until the drain).
         self.started: list[str] = []
         self.reported: list[Finding] = []
+        # The job whose row lock the lock holder keeps (spec.skips_locked), and its pid.
+        self.row_lock: tuple[str, int] | None = None
         for slot in self.WORKER_SLOTS:
             self._add_worker(slot)
         STATISTICS.examples += 1
@@ -360,7 +373,60 @@ class QueueMachine(RuleBasedStateMachine):
         STATISTICS.steps += 1
         self._work_takes_time()
         note(str(report))
+        if (
+            report.outcome is Outcome.BLOCKED
+            and self.row_lock is not None
+            and self.row_lock[1] in report.blockers
+        ):
+            self.reported.append(
+                Finding(
+                    "claims_skip_locks",
+                    f"{report.worker} waited on the row lock of a job another session holds",
+                    self.row_lock[0],
+                    "a claim passes a locked job by (FOR UPDATE SKIP LOCKED)",
+                    f"{report.worker} blocked in {report.next}",
+                )
+            )
         return report
+
+    def hold_a_row_lock(self, pick: int) -> None:
+        """Another session locks a claimable job's row and keeps it (an operator's query,
+        a claimer half-way through its transaction): claims must pass it by (rule of
+        machines whose spec says claims skip locked rows)."""
+        if self.row_lock is not None or not self.judge.enqueued:
+            return
+        self._run(self._lock_a_job(pick))
+        self._check()
+
+    async def _lock_a_job(self, pick: int) -> None:
+        holder = await self.runtime.lock_holder()
+        jobs = self.judge.enqueued
+        await holder.execute("BEGIN")
+        for offset in range(len(jobs)):
+            job = jobs[(pick + offset) % len(jobs)]
+            if await holder.fetchval(
+                self.observer.lock_a_claimable_job, job, list(self.spec.states.claimable)
+            ):
+                self.row_lock = (job, holder.get_server_pid())
+                note(f"the lock holder keeps the row lock of job {job}")
+                return
+        await holder.execute("ROLLBACK")
+
+    def release_the_row_lock(self) -> None:
+        """The lock holder lets go; whoever waited on it goes on."""
+        if self.row_lock is None:
+            return
+        self._release_the_row_lock()
+        self._check()
+
+    def _release_the_row_lock(self) -> None:
+        self.row_lock = None
+        self._run(self._rollback_the_lock_holder())
+
+    async def _rollback_the_lock_holder(self) -> None:
+        holder = await self.runtime.lock_holder()
+        await holder.execute("ROLLBACK")
+        await self.scheduler.settle()  # a statement that waited on it lands now
 
     @rule(worker=st.sampled_from(("w1", "w2")))
     def crash_worker(self, worker: str) -> None:
@@ -528,6 +594,8 @@ class QueueMachine(RuleBasedStateMachine):
         if currently_in_test_context():
             target(self._target, label="age of a held job at its holder's pending write")
         try:
+            if self.row_lock is not None:
+                self._release_the_row_lock()
             if sys.exception() is None and self.DRAIN and not self.failed_before_a_drain:
                 self._draining = True
                 try:
@@ -680,6 +748,8 @@ def machine_for(
     those ``without``, drawing the adapter's ``actions`` (all by default; ``()``: the
     queue alone, where every rule drawn is a queue's). Its ``TestCase`` is a test."""
     chosen = select(invariants, without=without)
+    if not adapter.spec.skips_locked:  # nothing to judge: the spec promises no skipping
+        chosen = tuple(name for name in chosen if name != "claims_skip_locks")
     declared = actions_of(adapter)
     drawn = list(declared) if actions is None else list(actions)
     unknown = sorted(set(drawn) - set(declared))
@@ -723,6 +793,9 @@ def machine_for(
         namespace[start] = _action_rule(name, declared[name], started=True)
     if interleaved:
         namespace["step_an_action"] = rule(pick=st.integers(0, 3))(QueueMachine.step_an_action)
+    if "claims_skip_locks" in chosen:
+        namespace["hold_a_row_lock"] = rule(pick=st.integers(0, 7))(QueueMachine.hold_a_row_lock)
+        namespace["release_the_row_lock"] = rule()(QueueMachine.release_the_row_lock)
     machine: type[QueueMachine] = type(f"{adapter.__name__}Machine", (QueueMachine,), namespace)
     machine.TestCase.settings = queue_settings()
     return machine

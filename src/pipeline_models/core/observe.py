@@ -71,6 +71,12 @@ class Observer:
             "trigger": _quote(f"pipeline_models_audit_{slug}"),
         }
         self.sql = {name: query.sql.format(**names) for name, query in _TEMPLATES.items()}
+        # spec.skips_locked: another session locks one claimable job ($1: its id) and keeps
+        # the lock; no row if the job is locked already, or not claimable.
+        self.lock_a_claimable_job = (
+            f"SELECT true FROM {names['table']} WHERE {_quote(spec.id)}::text = $1 "
+            f"AND {_quote(spec.state)}::text = ANY($2::text[]) FOR UPDATE SKIP LOCKED"
+        )
         # The workers' table of a heartbeat kept on the worker's row: audited alike.
         self.beats_sql: dict[str, str] = {}
         if spec.holder.beats_in:

@@ -92,6 +92,7 @@ class StepReport:
     outcome: Outcome
     next: str | None = None  # what it waits to do (PARKED), or waits on (BLOCKED)
     error: BaseException | None = None  # why it ENDED
+    blockers: frozenset[int] = frozenset()  # BLOCKED: the backends holding the lock
 
     def __str__(self) -> str:
         if self.outcome is Outcome.PARKED:
@@ -129,6 +130,7 @@ class _Flying:
     pid: int | None
     label: str
     blocked: bool = False
+    blockers: frozenset[int] = frozenset()  # the sessions it waits on, once blocked
 
 
 @dataclass(eq=False)
@@ -366,7 +368,7 @@ class RoundTripScheduler:
             return StepReport(slot.name, Outcome.ENDED, error=error)
         blocked = next((f for f in slot.in_flight if f.blocked), None)
         if blocked is not None:
-            return StepReport(slot.name, Outcome.BLOCKED, blocked.label)
+            return StepReport(slot.name, Outcome.BLOCKED, blocked.label, blockers=blocked.blockers)
         point = slot.first_ready(self.clock.now())
         if point is not None:
             return StepReport(slot.name, Outcome.PARKED, point.where)
@@ -484,13 +486,14 @@ class RoundTripScheduler:
                 moving |= slot.pids
         rows = await self.admin.fetch(_BLOCKERS, pids)
         waiting = {
-            row["pid"]
+            row["pid"]: frozenset(row["blockers"])
             for row in rows
             if row["blockers"] and not set(row["blockers"]) & (moving - {row["pid"]})
         }
         for f in flying:
             if f.pid in waiting:
                 f.blocked = True
+                f.blockers = waiting[f.pid]
 
     # -- crashes ------------------------------------------------------------------------------
 

@@ -265,6 +265,11 @@ class Spec:
     # holds the job): "at_least_once" (every succeeded job did it) or "exactly_once"
     # (and never twice); None: not checked.
     effects: str | None = None
+    # Claims pass by a job row another session has locked (FOR UPDATE SKIP LOCKED):
+    # declared, the machine draws a session that locks a claimable job and keeps it (an
+    # operator's query, a claimer half-way through), and a worker that waits on it is a
+    # finding (claims_skip_locks).
+    skips_locked: bool = False
     _meaning_of: dict[str, Meaning] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

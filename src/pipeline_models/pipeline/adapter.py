@@ -126,6 +126,8 @@ def reference_spec(schema: str = SCHEMA) -> Spec:
         stage="stage",
         stages=[stage.value for stage in STAGES],
         finished="kept",
+        # The claim takes the first due job nobody has locked (FOR UPDATE SKIP LOCKED).
+        skips_locked=True,
     )
 
 
