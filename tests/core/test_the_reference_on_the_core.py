@@ -137,6 +137,25 @@ def test_a_spec_that_does_not_say_claims_skip_locks_draws_no_lock_holder() -> No
     assert "hold_a_row_lock" in vars(machine_for(ReferenceAdapter))
 
 
+def test_a_worker_that_loses_its_connection_mid_step_reconnects_and_loses_nothing() -> None:
+    """The server ends w1's sessions while it works a job (its open transaction rolls
+    back); w1 lives on, reconnects, and the job ends as the model says (the drain judges
+    liveness and the documents). A worker that does not say it reconnects is not cut."""
+    assert "lose_the_connection" not in vars(machine_for(GuideAdapter))
+    machine = machine_for(ReferenceAdapter)()
+    try:
+        machine.enqueue_job()
+        machine.run_worker(worker="w1", steps=6)  # claimed, mid-step
+        before = set(machine.scheduler.slots["w1"].pids)
+        assert before
+        machine.lose_the_connection(worker="w1")
+        assert "w1" not in machine.crashed
+        machine.run_worker_until_it_waits(worker="w1")
+        assert machine.scheduler.slots["w1"].pids - before, "w1 never connected again"
+    finally:
+        machine.teardown()  # the drain: every job finished, as predicted
+
+
 def test_the_document_extension_holds_a_finished_document_to_the_model() -> None:
     machine = machine_for(ReferenceAdapter, drain=False)()
     monitor = machine.runtime.monitor

@@ -102,6 +102,10 @@ class Adapter:
     # it (the reference: 1 s), so that a lease taken at the claim runs down while the
     # worker works, as it would in production.
     seconds_per_round_trip: ClassVar[float] = 0.0
+    # The worker reconnects when the server ends its database sessions (a failover, an
+    # idle timeout). True: the machine draws lose_the_connection, which ends a worker's
+    # sessions and lets it live on, and it must lose nothing.
+    reconnects: ClassVar[bool] = False
 
     async def setup(self, connection: asyncpg.Connection) -> None:
         """Make the system's tables exist and be empty: each example starts from nothing.

@@ -94,6 +94,12 @@ class HolderHistory:
             if hold.worker == worker:
                 hold.crashed = True
 
+    def lost_sessions(self, worker: str) -> None:
+        """``worker``'s database sessions ended and it lives on: a hold that was a row
+        lock ends with them (anyone may take the job); a lease or a heartbeat does not."""
+        if self.spec.holder.model is HolderModel.ROW_LOCK:
+            self.crash(worker)
+
     def holder_of(self, job_id: str) -> Hold | None:
         return self.holds.get(job_id)
 

@@ -438,6 +438,17 @@ class QueueMachine(RuleBasedStateMachine):
         self.holders.crash(name)
         self.crashed.add(worker)
 
+    def lose_the_connection(self, worker: str) -> None:
+        """The server ends ``worker``'s database sessions and the worker lives on (rule of
+        machines whose adapter says its worker reconnects)."""
+        if worker in self.crashed:
+            return
+        name = self.worker_name(worker)
+        self._check()  # every change before the cut is judged as its holder's
+        note(str(self._run(self.scheduler.cut(name))))
+        self.holders.lost_sessions(name)
+        self._check()
+
     @rule(worker=st.sampled_from(("w1", "w2")))
     def restart_worker(self, worker: str) -> None:
         if worker not in self.crashed:
@@ -793,6 +804,10 @@ def machine_for(
         namespace[start] = _action_rule(name, declared[name], started=True)
     if interleaved:
         namespace["step_an_action"] = rule(pick=st.integers(0, 3))(QueueMachine.step_an_action)
+    if adapter.reconnects:
+        namespace["lose_the_connection"] = rule(worker=st.sampled_from(("w1", "w2")))(
+            QueueMachine.lose_the_connection
+        )
     if "claims_skip_locks" in chosen:
         namespace["hold_a_row_lock"] = rule(pick=st.integers(0, 7))(QueueMachine.hold_a_row_lock)
         namespace["release_the_row_lock"] = rule()(QueueMachine.release_the_row_lock)

@@ -543,6 +543,18 @@ class RoundTripScheduler:
         """Terminate ``name``'s backends only: it finds out at its next statement."""
         await self._terminate(self._slot(name))
 
+    async def cut(self, name: str) -> StepReport:
+        """``name`` loses its database sessions (the server ended them: a failover, an
+        idle timeout, a network cut) and lives on: what it had in flight fails, and what
+        it does next is its own affair (reconnect, give up)."""
+        slot = self._slot(name)
+        if slot.crashed or slot.ended:
+            return await self._report(slot)
+        self.former_sessions |= dict.fromkeys(slot.pids, name)
+        await self._terminate(slot)
+        await self.settle()
+        return await self._report(slot)
+
     async def _terminate(self, slot: WorkerSlot) -> None:
         await terminate(self.admin, sorted(slot.pids))
         slot.pids.clear()

@@ -167,6 +167,8 @@ class ReferenceAdapter(Adapter):
     # Work takes time: a lease taken at the claim runs down while the worker works (a
     # worker that never renews it loses its job mid-stage, as in production).
     seconds_per_round_trip: ClassVar[float] = 1.0
+    # BaseWorker.run reconnects when its connection is lost (DatabaseUnavailableError).
+    reconnects: ClassVar[bool] = True
     # The worker's SQL (a test plants a bug by changing it, as a mutant does in a copy).
     queries: ClassVar[Queries] = QUERIES
 
