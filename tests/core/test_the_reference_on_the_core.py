@@ -53,6 +53,13 @@ def planted(mutant: str) -> Queries:
     return Queries.parse(text)
 
 
+# A document of many chunks, each of its own text (batches of two: many batches).
+LONG_DOCUMENT = adapter.markdown_document(
+    "# Long\n\n" + "".join(f"Sentence {n} fills a part of the document. " for n in range(40)),
+    filename="long.md",
+)
+
+
 class LocklessClaimAdapter(ReferenceAdapter):
     """claim-without-row-lock: the claim selects a due job without locking it."""
 
@@ -203,10 +210,7 @@ def test_the_document_extension_judges_every_step(bad: str, invariant: str) -> N
     schema = f'"{ReferenceAdapter.schema}"'
     try:
         machine.upload_a_document(
-            document=adapter.markdown_document(
-                "# Long\n\n" + "A sentence that fills a chunk of the document. " * 40,
-                filename="long.md",
-            ),
+            document=LONG_DOCUMENT,
             by_the_other_user=False,
         )
         for _ in range(200):  # to the first committed chunk batch
@@ -231,45 +235,44 @@ def test_the_document_extension_judges_every_step(bad: str, invariant: str) -> N
 
 
 def test_committed_vectors_sent_again_are_a_cost_finding() -> None:
-    """One batch of committed chunks sent again is the waste a crash or a late zombie
-    may make; more is a worker that starts its embedding again from the first chunk
-    (re-embed-everything-after-a-retry). Crafted: the service is shown three committed
-    chunks of a document again, one more than a batch."""
+    """A worker that lost its lease may send its one batch after the new holder committed
+    it; the holder itself never sends a committed chunk again, and nobody sends more than
+    a batch of them (re-embed-everything-after-a-retry). Crafted: the service is shown
+    committed chunks of a document again, as sent by each."""
     machine = machine_for(ReferenceAdapter, drain=False)()
     monitor = machine.runtime.monitor
     schema = f'"{ReferenceAdapter.schema}"'
     try:
         machine.upload_a_document(
-            document=adapter.markdown_document(
-                "# Long\n\n"
-                + "".join(
-                    f"Sentence {number} fills a part of the document. " for number in range(40)
-                ),
-                filename="long.md",
-            ),
+            document=LONG_DOCUMENT,
             by_the_other_user=False,
         )
-        for _ in range(400):  # to two committed batches of vectors
-            done = machine._run(
-                monitor.fetchval(f"SELECT max(embeddings_done) FROM {schema}.upload_jobs")
+        for _ in range(400):  # to two committed batches of vectors, the job held
+            job = machine._run(
+                monitor.fetchrow(f"SELECT embeddings_done, state, owner FROM {schema}.upload_jobs")
             )
-            if done >= 4:
+            if job["embeddings_done"] >= 4 and job["state"] == "working":
                 break
             machine.step_worker(worker="w1")
-        assert done >= 4, "the worker never committed two batches of vectors"
+        assert job["embeddings_done"] >= 4, "the worker never committed two batches of vectors"
+        assert job["owner"] == "w1"
         adapter_ = machine.adapter
         [(document_id, outcome)] = adapter_._expected.items()
-        one_batch = [chunk.text for chunk in outcome.chunks[:2]]
-        sent = adapter_._fakes().embeddings.texts_by_user[str(document_id)]
-        sent.extend(one_batch)  # a crash's repeat: tolerated
+        texts = [chunk.text for chunk in outcome.chunks]
+        sent = adapter_._senders.sent
+        sent.append(("w2", str(document_id), texts[:2]))  # a zombie's late batch
         tolerated = machine._run(adapter_.findings_after_each_step(monitor))
-        sent.extend([chunk.text for chunk in outcome.chunks[:3]])
+        sent.append(("w2", str(document_id), texts[:3]))  # more than a batch
+        sent.append(("w1", str(document_id), texts[1:2]))  # the holder, one committed chunk
         findings = machine._run(adapter_.findings_after_each_step(monitor))
     finally:
         machine.teardown()
     assert tolerated == []
-    assert [finding.invariant for finding in findings] == ["cost"]
-    assert findings[0].observed == "ordinals [0, 1, 2] sent again"
+    assert [finding.invariant for finding in findings] == ["cost", "cost"]
+    assert [finding.observed for finding in findings] == [
+        "w2 sent ordinals [0, 1, 2] again",
+        "w1 (holding the job) sent ordinals [1] again",
+    ]
 
 
 def test_the_drain_waits_out_a_crashed_holders_lease_beside_a_polling_worker() -> None:

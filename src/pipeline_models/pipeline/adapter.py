@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import json
 import re
 import shutil
 import tempfile
@@ -43,7 +44,7 @@ from hypothesis import strategies as st
 
 from pipeline_models.clock import SystemClock
 from pipeline_models.core import Adapter, Attempts, Holder, Spec, States, action
-from pipeline_models.core.interpose import CheckedTransport
+from pipeline_models.core.interpose import ACTOR, CheckedTransport
 from pipeline_models.core.invariants import Finding
 from pipeline_models.database import Database
 from pipeline_models.documents import Document, markdown_document
@@ -183,8 +184,9 @@ class ReferenceAdapter(Adapter):
         self._database: Database | None = None
         self._uploads: dict[uuid.UUID, Document] = {}  # this example's, by document id
         self._expected: dict[uuid.UUID, ExpectedOutcome] = {}  # the model's, as they are needed
-        # What the last step's check saw: texts answered by document, embeddings_done.
-        self._texts_seen: dict[str, int] = {}
+        # What the last step's check saw: the embeddings requests, each job's progress.
+        self._senders = _Senders()
+        self._requests_seen = 0
         self._embedded: dict[uuid.UUID, int] = {}
         # The actions' uploads, as sent: (user, document, its answer once answered).
         self._sent: list[list[Any]] = []
@@ -266,21 +268,24 @@ class ReferenceAdapter(Adapter):
         ]
 
     def _committed_vectors_paid_again(self, snapshot: Snapshot) -> list[Finding]:
-        """Cost: texts sent to the embeddings service since the last step whose vectors
-        the job had already committed (below its ``embeddings_done`` then and now), more
-        than one batch of them. A crash may repeat the batch in flight, and a worker that
-        lost its lease while it paused before its request may send that one batch late;
-        a worker that starts a document's embedding again from the first chunk pays for
-        every batch twice."""
+        """Cost: chunks whose vectors the job had already committed (below its
+        ``embeddings_done`` at the last step and now) sent to the embeddings service
+        again by the worker that holds the job, or more than one batch of them by anyone.
+        A crash repeats only the batch in flight, which was not committed; a worker that
+        lost its lease while it paused before its request may send that one batch after
+        the new holder committed it. A worker that starts a document's embedding again
+        from the first chunk pays for every batch twice."""
         found = []
         batch = self.config.embed_batch_size
-        for user, texts in self._fakes().embeddings.texts_by_user.items():
-            new = texts[self._texts_seen.get(user, 0) :]
-            self._texts_seen[user] = len(texts)
+        requests, self._requests_seen = (
+            self._senders.sent[self._requests_seen :],
+            len(self._senders.sent),
+        )
+        for sender, user, texts in requests:
             document_id = uuid.UUID(user)
             expected = self._expected.get(document_id)
             job = next(iter(snapshot.jobs_of(document_id)), None)
-            if not new or expected is None or job is None:
+            if expected is None or job is None:
                 continue
             done = min(self._embedded.get(document_id, 0), job.embeddings_done)
             # A text may repeat within a document: committed only if every chunk
@@ -288,16 +293,18 @@ class ReferenceAdapter(Adapter):
             last: dict[str, int] = {}
             for chunk in expected.chunks:
                 last[chunk.text] = max(chunk.ordinal, last.get(chunk.text, -1))
-            again = sorted({last[text] for text in new if last.get(text, done) < done})
-            if len(again) > batch:
+            again = sorted({last[text] for text in texts if last.get(text, done) < done})
+            holds = job.state is State.WORKING and job.owner == sender
+            if again and (holds or len(again) > batch):
                 found.append(
                     Finding(
                         "cost",
                         "chunks whose vectors were already committed were paid for again "
                         f"(document {document_id})",
                         str(job.job_id),
-                        f"at most one batch ({batch}) below embeddings_done {done} sent again",
-                        f"ordinals {again} sent again",
+                        f"only chunks from ordinal {done} on (embeddings_done {done})",
+                        f"{sender or 'a worker'}{' (holding the job)' if holds else ''} "
+                        f"sent ordinals {again} again",
                     )
                 )
         self._embedded = {job.document_id: job.embeddings_done for job in snapshot.jobs.values()}
@@ -581,7 +588,9 @@ class ReferenceAdapter(Adapter):
                 parser_key=FAKE_API_KEY,
                 embeddings_http=httpx2.AsyncClient(
                     transport=CheckedTransport(
-                        FaultTransport(httpx2.ASGITransport(app=fakes.embeddings_app))
+                        self._senders.wrap(
+                            FaultTransport(httpx2.ASGITransport(app=fakes.embeddings_app))
+                        )
                     ),
                     base_url="http://embeddings.fake",
                     timeout=30.0,
@@ -620,6 +629,33 @@ class ReferenceAdapter(Adapter):
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=_API_URL)
         _APIS[key] = (app, client)
         return client
+
+
+class _Senders(httpx.AsyncBaseTransport, httpx2.AsyncBaseTransport):
+    """Who sent each embeddings request that was answered: the checker's actor (the
+    worker the scheduler was running), the request's user tag (the pipeline sends its
+    document id) and its texts."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str | None, str, list[str]]] = []
+        self.inner: Any = None
+
+    def wrap(self, inner: Any) -> _Senders:
+        self.inner = inner
+        return self
+
+    async def handle_async_request(self, request: Any) -> Any:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path.endswith("/embeddings") and response.status_code == 200:
+            body = json.loads(await request.aread())
+            texts = body.get("input")
+            if isinstance(body.get("user"), str) and isinstance(texts, list):
+                actor = ACTOR.get()
+                self.sent.append((actor.name if actor else None, body["user"], texts))
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 _SCHEMAS_READY: dict[tuple[str, str], bool] = {}  # by database and schema
