@@ -550,6 +550,16 @@ class QueueMachine(RuleBasedStateMachine):
             own = self._run(self.adapter.findings_after_each_step(self.runtime.monitor))
         self._judge(own)
 
+    @property
+    def _window_open(self) -> float:
+        """The age at which the zombie's window is open: a lease's mark is its end (open
+        just past it), a heartbeat's is the last beat (open past the timeout). The score
+        stops there: an older hold opens it no wider, and an unbounded score keeps
+        Hypothesis's optimiser climbing (one mutant's round ran past 900 s on it)."""
+        if self.spec.holder.model is HolderModel.LEASE:
+            return 1.0
+        return float(self.spec.holder.timeout_seconds or 0) + 1.0
+
     def _aim(self) -> None:
         """Steer the search (targeted property-based testing) towards the zombie's
         window: a worker about to write a job it holds while its hold grows old."""
@@ -565,7 +575,7 @@ class QueueMachine(RuleBasedStateMachine):
             mark = moment_of((self.trail.rows.get(hold_job) or {}).get(column))
             if mark is not None:
                 age = (now - mark).total_seconds()
-                self._target = max(self._target, age)
+                self._target = max(self._target, min(age, self._window_open))
 
     def _judge(self, extra: Iterable[Finding] = ()) -> None:
         new = self.trail.changes[len(self.holders.events) :]
