@@ -349,3 +349,24 @@ def test_an_upload_cut_short_leaves_no_document_without_its_job(point: str) -> N
     assert [finding.message for finding in orphan] == [
         "a document has no job: nothing will ever process it"
     ]
+
+
+def test_the_zombie_window_score_stops_where_the_window_opens() -> None:
+    """The search aims at a held job's age at its holder's pending write; past the point
+    where the window is open (a lease just past its end, a heartbeat past its timeout)
+    the score stops growing, or Hypothesis's optimiser climbs it without end."""
+    reference = machine_for(ReferenceAdapter, drain=False)()
+    try:
+        reference.enqueue_job()
+        reference.run_worker_until(worker="w1", before="a write")
+        reference.advance_clock(seconds=3600)
+        reference._aim()
+        assert reference._window_open == 1.0
+        assert reference._target == 1.0  # an hour past the lease: no more than just past it
+    finally:
+        reference.teardown()
+    guide = machine_for(GuideAdapter, drain=False)()
+    try:
+        assert guide._window_open == GuideAdapter.spec.holder.timeout_seconds + 1
+    finally:
+        guide.teardown()
