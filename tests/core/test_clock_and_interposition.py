@@ -101,7 +101,14 @@ def test_a_workers_sql_now_and_python_now_are_the_checkers_time_and_move_with_it
         machine.teardown()
 
 
-def test_a_statement_waiting_on_a_lock_is_reported_blocked_then_finishes() -> None:
+@pytest.mark.parametrize("landed_before_the_step", [False, True])
+def test_a_statement_waiting_on_a_lock_is_reported_blocked_then_finishes(
+    landed_before_the_step: bool,
+) -> None:
+    """Whether the waiting insert lands while the lock holder's ROLLBACK comes back (a
+    loaded machine) or in the next step, that step reports the same: the insert done, the
+    worker asleep. (CI saw the first order: the step then woke the sleeper, and the
+    worker was parked before its next insert.)"""
     machine = machine_for(ProbeAdapter, drain=False)()
     locker = machine._run(machine.runtime.server.connect(application_name="locker"))
     try:
@@ -112,6 +119,8 @@ def test_a_statement_waiting_on_a_lock_is_reported_blocked_then_finishes() -> No
         assert report.outcome is Outcome.BLOCKED
         assert "INSERT INTO probe.seen" in str(report)
         machine._run(locker.execute("ROLLBACK"))
+        if landed_before_the_step:
+            machine._run(machine.scheduler.settle())
         report = machine._step("w1")
         assert report is not None
         assert report.outcome is Outcome.IDLE  # its insert done, asleep

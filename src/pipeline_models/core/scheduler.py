@@ -152,6 +152,9 @@ class WorkerSlot:
     # The checker's time at each step (the time the worker read, if it read one).
     resumed: list[datetime] = field(default_factory=list)
     crashed: bool = False
+    # The last step left it waiting on a lock: its next step is that statement landing
+    # (once the lock is gone), whether or not it landed already, and nothing more.
+    was_blocked: bool = False
     warnings: list[str] = field(default_factory=list)
 
     # -- the Actor protocol (called from the worker's tasks) ---------------------------
@@ -333,7 +336,7 @@ class RoundTripScheduler:
         slot = self._slot(name)
         if slot.task is None:
             self._start(slot)
-        elif not slot.ended:
+        elif not slot.ended and not slot.was_blocked:
             point = slot.first_ready(self.clock.now())
             if point is None and not any(f.blocked for f in slot.in_flight):
                 # Asleep: stepping it lets its sleep pass (time moves as work is done).
@@ -347,7 +350,11 @@ class RoundTripScheduler:
                 point.future.set_result(None)
         slot.resumed.append(self.clock.now())
         await self.settle()
-        return await self._report(slot)
+        report = await self._report(slot)
+        # Whether a statement it waited on landed before this step (as the lock holder's
+        # release came back) or during it is timing: the step reports the same either way.
+        slot.was_blocked = report.outcome is Outcome.BLOCKED
+        return report
 
     def read_before(self, actor: str, at: datetime) -> datetime | None:
         """The checker's time at ``actor``'s step before the one that wrote at ``at``: the
