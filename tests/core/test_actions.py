@@ -7,7 +7,7 @@ and what it returns is reported with the queue's findings.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 import pytest
@@ -17,6 +17,7 @@ from pipeline_models.core import Finding, QueueViolation, SpecError, action, mac
 from pipeline_models.core.holders import Move
 from pipeline_models.core.machines import _Runtime
 from pipeline_models.core.report import run
+from pipeline_models.examples.guide.adapter import FixedGuideAdapter
 from pipeline_models.examples.heartbeat.adapter import HeartbeatAdapter
 
 
@@ -120,3 +121,42 @@ def test_an_adapters_teardown_runs_before_the_checker_closes() -> None:
     machine_for(Recording, drain=False)().teardown()
     _Runtime.close()
     assert closed == [True]
+
+
+class LateNotices(FixedGuideAdapter):
+    """A provider's notices arrive once every job is done; ``reopens``: the bug of a
+    notice applied without checking that its job still waits for it."""
+
+    reopens = False
+    seen: ClassVar[list[list[str]]] = []
+
+    async def arrive_late(self) -> None:
+        connection = await asyncpg.connect(self.dsn)
+        try:
+            states = await connection.fetch("SELECT state FROM guide.jobs ORDER BY id")
+            type(self).seen.append([row["state"] for row in states])
+            if self.reopens:
+                await connection.execute("UPDATE guide.jobs SET state = 'queued'")
+        finally:
+            await connection.close()
+
+
+@pytest.mark.parametrize("reopens", [False, True])
+def test_what_arrives_late_comes_once_every_job_is_done_and_must_change_nothing(
+    reopens: bool,
+) -> None:
+    adapter = type("Late", (LateNotices,), {"reopens": reopens, "seen": []})
+    machine = machine_for(adapter)()
+    machine.enqueue_job()
+    machine.enqueue_job()
+    if reopens:
+        with pytest.raises(QueueViolation) as raised:
+            machine.teardown()  # the drain
+        first = raised.value.findings[0]
+        assert (first.invariant, first.observed) == (
+            "transitions",
+            "done → queued by arrive_late #1",
+        )
+    else:
+        machine.teardown()
+    assert adapter.seen == [["done", "done"]]

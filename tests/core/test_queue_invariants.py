@@ -396,6 +396,23 @@ def test_a_lease_that_ends_at_a_take_over_lets_a_late_holder_write_until_then() 
     assert "w2 held it" in str(finding.observed)
 
 
+def test_a_stage_moved_under_its_holder_by_someone_else_is_a_transition_finding() -> None:
+    """A webhook may take a job from its worker and move it on (the reference's notice
+    sets it queued at the next stage); moving it on and leaving it held lets the worker
+    advance it again from where it last saw it (webhook-and-poller-both-advance)."""
+    staged = Spec("jobs", STATES, stage="stage", stages=["parse", "embed", "finish"])
+    for takes_it, fired in ((True, []), (False, ["transitions"])):
+        trail = Trail(staged)
+        trail.enqueue(stage="parse")
+        trail.claim("w1")
+        state = "queued" if takes_it else "running"
+        trail.write("webhook #1", stage="embed", state=state)
+        assert [finding.invariant for finding in trail.findings] == fired, takes_it
+    [finding] = trail.findings
+    assert finding.message == "webhook #1 moved the stage of a job w1 holds, and left it held"
+    assert finding.observed == "parse → embed by webhook #1, 'running' under w1"
+
+
 def test_a_job_claimed_once_per_stage_is_no_poison_job() -> None:
     stages = [f"s{index}" for index in range(6)]
     spec = Spec(

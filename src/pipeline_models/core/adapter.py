@@ -128,6 +128,14 @@ class Adapter:
         lifted), so that every job can finish. Run as an action (``heal``): its writes
         are observed and judged like any other. Nothing by default."""
 
+    async def arrive_late(self) -> None:
+        """Once the drain has finished every job: what the outside world still owes
+        arrives, late, as at-least-once delivery allows (a provider's queued webhooks, a
+        notice sent again). Run as an action (``arrive_late``), its writes observed and
+        judged like any other; then the workers run on and the drain judges liveness
+        again. A late notice for a finished job must change nothing. Nothing by default
+        (and then the drain ends at once)."""
+
     async def findings_after_each_step(self, connection: asyncpg.Connection) -> list[Finding]:
         """The system's own invariants that hold between any two round trips, judged after
         every rule and every step of the drain, on a connection of the checker's (so on

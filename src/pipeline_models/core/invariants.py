@@ -393,6 +393,29 @@ class QueueJudge:
                         f"{old_stage} → {new_stage} by {change.actor}",
                     )
                 )
+            holder = event.holder
+            if (
+                old_stage != new_stage
+                and event.move is Move.OTHER
+                and new is Meaning.IN_PROGRESS
+                and holder is not None
+                and not holder.crashed
+            ):
+                # Someone outside the queue (a webhook, an operator) may take a job from
+                # its worker, but moving it on while the worker still holds it means two
+                # parties advance one job, each from where it last saw it.
+                found.append(
+                    Finding(
+                        "transitions",
+                        f"{change.actor} moved the stage of a job {holder.worker} holds, "
+                        "and left it held",
+                        change.job_id,
+                        "a held job's stage moved by its holder only (anyone else takes "
+                        "the job from it first)",
+                        f"{old_stage} → {new_stage} by {change.actor}, "
+                        f"{new_value!r} under {holder.worker}",
+                    )
+                )
         return found
 
     def _attempts(self, event: Event) -> list[Finding]:

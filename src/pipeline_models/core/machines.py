@@ -635,11 +635,34 @@ class QueueMachine(RuleBasedStateMachine):
     def _drain(self) -> None:
         """Every live worker runs on, one at a time (each until it waits for time or
         for another: the drain makes no race of its own), time moving whenever nobody
-        can; then every job must be finished (liveness)."""
-        timeout = self.spec.holder.timeout_seconds or 30
+        can; once every job is finished, what the outside world still owes arrives late
+        (:meth:`Adapter.arrive_late`) and the workers run on again; then every job must
+        be finished (liveness)."""
         self.started.clear()  # the drain lets every started action finish
         if type(self.adapter).heal is not Adapter.heal:
             self._act("heal", {})
+        self._run_until_quiet()
+        if type(self.adapter).arrive_late is not Adapter.arrive_late and self._all_finished():
+            self._act("arrive_late", {})
+            self._run_until_quiet()
+        self._check()
+        found = self.judge.liveness(self.trail.rows) + [
+            Finding(
+                "liveness",
+                f"{actor} still waited on a lock when every worker was done",
+                None,
+                "every action of the program answered",
+                self.scheduler.report(actor),
+            )
+            for actor in self.pending
+        ]
+        if not found:  # every job finished: the system's own invariants (if any)
+            found = self._run(self.adapter.findings_at_end(self.runtime.monitor))
+        self._judge(found)
+
+    def _run_until_quiet(self) -> None:
+        """The drain's workers run until every job is finished or nobody can move."""
+        timeout = self.spec.holder.timeout_seconds or 30
         for _ in range(DRAIN_ROUNDS):
             live = self._live_for_the_drain()
             self._check()
@@ -669,20 +692,6 @@ class QueueMachine(RuleBasedStateMachine):
                 self._move_clock(min(soonest) - now)
             else:
                 self._move_clock(timedelta(seconds=timeout + 1))
-        self._check()
-        found = self.judge.liveness(self.trail.rows) + [
-            Finding(
-                "liveness",
-                f"{actor} still waited on a lock when every worker was done",
-                None,
-                "every action of the program answered",
-                self.scheduler.report(actor),
-            )
-            for actor in self.pending
-        ]
-        if not found:  # every job finished: the system's own invariants (if any)
-            found = self._run(self.adapter.findings_at_end(self.runtime.monitor))
-        self._judge(found)
 
     def _live_for_the_drain(self) -> list[str]:
         """The workers that can still work; one restarted if none can. A worker whose main

@@ -362,6 +362,15 @@ class ReferenceAdapter(Adapter):
         if self._cap is not None:
             await self.cap_the_spending(DRAIN_BUDGET_USD)
 
+    async def arrive_late(self) -> None:
+        """Once every job is finished, the parser announces each of its jobs' outcomes
+        once more, signed as it sends them (at-least-once delivery: a notice may come
+        again, long after the poller moved the job on). Each must change nothing."""
+        parser = self._fakes().parser
+        for job in list(parser.jobs.values()):
+            if job.webhook_url is not None:
+                await parser.redeliver(parser.webhook_for(job))
+
     @action(plan=fault_plans())
     async def put_faults_on_the_parser(self, plan: FaultPlan) -> None:
         """The parser answers its next requests as ``plan`` says, then heals."""
@@ -478,10 +487,14 @@ class ReferenceAdapter(Adapter):
 
     @action()
     async def deliver_a_webhook_twice(self) -> None:
-        """The parser sends its last delivered webhook again (at-least-once delivery)."""
+        """The parser announces its last delivered webhook's job again, signed as it sends
+        it (at-least-once delivery; the same bytes resent past the receiver's replay window
+        would only be rejected as stale)."""
         parser = self._fakes().parser
         if parser.delivered:
-            await parser.redeliver(parser.delivered[-1])
+            job = parser.jobs.get(parser.delivered[-1].webhook.job_id)
+            if job is not None:
+                await parser.redeliver(parser.webhook_for(job))
 
     @action(how=st.sampled_from(["tampered", "stale"]))
     async def deliver_a_forged_webhook(self, how: Literal["tampered", "stale"]) -> list[Finding]:
