@@ -70,8 +70,9 @@ CHECKER = "pipeline-models checker"
 LOCK_HOLDER = "pipeline-models lock holder"
 MAX_JOBS = 4
 # Where run_worker_until stops a worker: before it writes, or before it commits.
-PAUSE_POINTS = ("a write", "a commit")
+PAUSE_POINTS = ("a write", "a commit", "a call")
 _WRITES = ("UPDATE", "DELETE", "INSERT", "MERGE")
+_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DRAIN_ROUNDS = 100
 DRAIN_TURN = 200  # round trips of one worker before the next one's turn
 
@@ -356,8 +357,9 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(worker=st.sampled_from(("w1", "w2")), before=st.sampled_from(PAUSE_POINTS))
     def run_worker_until(self, worker: str, before: str) -> None:
-        """One worker runs until it is about to write a row or commit (where a pause
-        lets its hold run out and another worker take the job: the zombie's window)."""
+        """One worker runs until it is about to write a row, commit or call a service
+        (where a pause lets its hold run out and another worker take the job: the
+        zombie's window; or lets a webhook or an operator race the call)."""
         for count in range(DRAIN_TURN):
             report = self._step(worker)
             self._check()
@@ -747,13 +749,22 @@ def _pauses_before(where: str, point: str) -> bool:
     True
     >>> _pauses_before("before COMMIT", "a write")
     False
+    >>> call = "before GET /jobs/7"
+    >>> _pauses_before(call, "a call"), _pauses_before(call, "a write")
+    (True, False)
     """
     if not where.startswith("before "):
         return False
     label = where.removeprefix("before ")
-    first = label.split(" ", 1)[0].upper()
+    first, _, rest = label.partition(" ")
+    first = first.upper()
     if point == "a commit":
         return first == "COMMIT"
+    call = first in _HTTP_METHODS and rest.startswith("/")  # an external call, not SQL
+    if point == "a call":
+        return call
+    if call:
+        return False
     return first in _WRITES or (first == "WITH" and any(w in label.upper() for w in _WRITES))
 
 
