@@ -70,7 +70,7 @@ CHECKER = "pipeline-models checker"
 LOCK_HOLDER = "pipeline-models lock holder"
 MAX_JOBS = 4
 # Where run_worker_until stops a worker: before it writes, or before it commits.
-PAUSE_POINTS = ("a write", "a commit", "a call")
+PAUSE_POINTS = ("a write", "a commit", "a call", "a call's answer")
 _WRITES = ("UPDATE", "DELETE", "INSERT", "MERGE")
 _HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DRAIN_ROUNDS = 100
@@ -357,9 +357,9 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(worker=st.sampled_from(("w1", "w2")), before=st.sampled_from(PAUSE_POINTS))
     def run_worker_until(self, worker: str, before: str) -> None:
-        """One worker runs until it is about to write a row, commit or call a service
-        (where a pause lets its hold run out and another worker take the job: the
-        zombie's window; or lets a webhook or an operator race the call)."""
+        """One worker runs until it is about to write a row, commit or call a service, or
+        has a service's answer in hand (where a pause lets its hold run out and another
+        worker take the job: the zombie's window; or lets a webhook race the call)."""
         for count in range(DRAIN_TURN):
             report = self._step(worker)
             self._check()
@@ -752,18 +752,24 @@ def _pauses_before(where: str, point: str) -> bool:
     >>> call = "before GET /jobs/7"
     >>> _pauses_before(call, "a call"), _pauses_before(call, "a write")
     (True, False)
+    >>> _pauses_before("after GET /jobs/7", "a call's answer")
+    True
+    >>> _pauses_before("before UPDATE jobs SET state = $1", "a call's answer")
+    False
     """
-    if not where.startswith("before "):
-        return False
-    label = where.removeprefix("before ")
+    when, _, label = where.partition(" ")
     first, _, rest = label.partition(" ")
     first = first.upper()
+    call = first in _HTTP_METHODS and rest.startswith("/")  # an external call, not SQL
+    if when == "after":  # the service has answered; the worker has yet to write it down
+        return call and point == "a call's answer"
+    if when != "before":
+        return False
     if point == "a commit":
         return first == "COMMIT"
-    call = first in _HTTP_METHODS and rest.startswith("/")  # an external call, not SQL
     if point == "a call":
         return call
-    if call:
+    if point != "a write" or call:
         return False
     return first in _WRITES or (first == "WITH" and any(w in label.upper() for w in _WRITES))
 
