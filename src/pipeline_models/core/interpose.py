@@ -84,6 +84,12 @@ _REAL_SLEEP = asyncio.sleep
 _NOT_PARKED = frozenset({"BEGIN", "START", "SAVEPOINT", "RELEASE", "SET", "SHOW", "RESET"})
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 LABEL_LENGTH = 72
+# A statement's closing row-locking clause: kept in a shortened label, since it says the
+# worker is about to lock rows to write them (a pause point, and the story's turn).
+_LOCKING_TAIL = re.compile(
+    r"\s(FOR (?:NO KEY )?UPDATE|FOR (?:KEY )?SHARE)(?: OF [\w., ]+)?(?: NOWAIT| SKIP LOCKED)?$",
+    re.IGNORECASE,
+)
 
 
 def describe_statement(sql: str) -> tuple[str, str]:
@@ -93,6 +99,12 @@ def describe_statement(sql: str) -> tuple[str, str]:
     ('statement', "UPDATE jobs SET state = 'done' WHERE id = $1")
     >>> describe_statement("COMMIT;")
     ('commit', 'COMMIT')
+
+    A long statement is cut short, but its closing row-locking clause is kept:
+
+    >>> describe_statement("SELECT id FROM jobs WHERE id = $1 AND owner = $2 AND "
+    ...     "state = 'running' AND lease_until > now() FOR UPDATE")[1]
+    'SELECT id FROM jobs WHERE id = $1 AND owner = $2 AND state … FOR UPDATE'
     >>> describe_statement("BEGIN ISOLATION LEVEL READ COMMITTED")[0]
     'begin'
 
@@ -113,7 +125,9 @@ def describe_statement(sql: str) -> tuple[str, str]:
     else:
         kind = "statement"
     if len(text) > LABEL_LENGTH:
-        text = text[: LABEL_LENGTH - 2].rstrip() + " …"
+        locking = _LOCKING_TAIL.search(text)
+        tail = f" … {locking.group(0).strip()}" if locking else " …"
+        text = text[: LABEL_LENGTH - len(tail)].rstrip() + tail
     return kind, text
 
 

@@ -72,6 +72,7 @@ MAX_JOBS = 4
 # Where run_worker_until stops a worker: before it writes, or before it commits.
 PAUSE_POINTS = ("a write", "a commit", "a call", "a call's answer")
 _WRITES = ("UPDATE", "DELETE", "INSERT", "MERGE")
+_ROW_LOCKS = ("FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE", "NOWAIT", "LOCKED")
 _HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DRAIN_ROUNDS = 100
 DRAIN_TURN = 200  # round trips of one worker before the next one's turn
@@ -749,6 +750,8 @@ def _pauses_before(where: str, point: str) -> bool:
     True
     >>> _pauses_before("before COMMIT", "a write")
     False
+    >>> _pauses_before("before SELECT id FROM jobs WHERE id = $1 … FOR UPDATE", "a write")
+    True
     >>> call = "before GET /jobs/7"
     >>> _pauses_before(call, "a call"), _pauses_before(call, "a write")
     (True, False)
@@ -771,6 +774,8 @@ def _pauses_before(where: str, point: str) -> bool:
         return call
     if point != "a write" or call:
         return False
+    if first == "SELECT":  # a locking read: the worker takes the row it is about to write
+        return label.upper().endswith(_ROW_LOCKS)
     return first in _WRITES or (first == "WITH" and any(w in label.upper() for w in _WRITES))
 
 
