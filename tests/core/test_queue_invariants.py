@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pipeline_models.core import Attempts, Holder, Spec, States
+from pipeline_models.core import Attempts, Holder, Spec, SpecError, States
 from pipeline_models.core.holders import HolderHistory, Move
 from pipeline_models.core.invariants import (
     Finding,
@@ -411,6 +411,36 @@ def test_a_stage_moved_under_its_holder_by_someone_else_is_a_transition_finding(
     [finding] = trail.findings
     assert finding.message == "webhook #1 moved the stage of a job w1 holds, and left it held"
     assert finding.observed == "parse → embed by webhook #1, 'running' under w1"
+
+
+def test_a_second_call_of_a_hold_without_a_renewal_is_a_fencing_finding() -> None:
+    """holder.renews_before_calls: the claim's lease covers the hold's first call; each
+    later call needs a renewal first (lease-not-renewed: a long stage outlives its lease).
+    Judged on order alone, so a renewal long before its call is no finding."""
+    renewing = Spec(
+        "jobs", STATES, holder=Holder("lease", column="lease_until", renews_before_calls=True)
+    )
+
+    def call(trail: Trail, *held: str) -> list[str]:
+        found = trail.judge.calls_covered("w1", "POST /parse", trail.now, list(held))
+        return [finding.invariant for finding in found]
+
+    trail = Trail(renewing)
+    trail.enqueue()
+    trail.claim("w1", lease_until=(START + timedelta(seconds=30)).isoformat())
+    assert call(trail, "1") == []  # the claim's lease
+    trail.tick(600)  # a pause of the worker's: no fault of its own
+    trail.write("w1", lease_until=(trail.now + timedelta(seconds=30)).isoformat())
+    assert call(trail, "1") == []
+    assert call(trail, "1") == ["fencing"]  # no renewal since the last call
+    assert call(trail, "1", "2") == []  # two held: which job the call was for is unknown
+    unchecked = Spec("jobs", STATES, holder=Holder("lease", column="lease_until"))
+    trail = Trail(unchecked)
+    trail.enqueue()
+    trail.claim("w1", lease_until=START.isoformat())
+    assert call(trail, "1") + call(trail, "1") == []
+    with pytest.raises(SpecError, match="renews_before_calls needs a time"):
+        Holder("row_lock", renews_before_calls=True)
 
 
 def test_a_job_claimed_once_per_stage_is_no_poison_job() -> None:

@@ -10,6 +10,7 @@ by the invariant of its cause.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Iterator
 from importlib import resources
@@ -370,3 +371,23 @@ def test_the_zombie_window_score_stops_where_the_window_opens() -> None:
         assert guide._window_open == GuideAdapter.spec.holder.timeout_seconds + 1
     finally:
         guide.teardown()
+
+
+@pytest.mark.parametrize("renews", [True, False])
+def test_a_worker_that_does_not_renew_its_lease_before_a_call_is_found(renews: bool) -> None:
+    """lease-not-renewed: the spec says the lease is renewed before every call after the
+    claim's first; the parse stage's poll and its download are two calls of one hold."""
+    config = dataclasses.replace(ReferenceAdapter.config, renew_leases=renews)
+    machine = machine_for(type("Renewing", (ReferenceAdapter,), {"config": config}), drain=False)()
+    try:
+        machine.enqueue_job()
+        machine.run_worker_until_it_waits(worker="w1")
+        found: list[str] = []
+    except QueueViolation as violation:
+        found = [f"{f.invariant}: {f.message}" for f in violation.findings]
+    finally:
+        machine.reported.clear()
+        machine.teardown()
+    assert found == (
+        [] if renews else ["fencing: w1 called a service again without renewing its hold"]
+    )

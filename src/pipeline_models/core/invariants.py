@@ -156,6 +156,8 @@ class QueueJudge:
     deleted: set[str] = field(default_factory=set)  # every deletion the trail shows
     _redelivered: set[str] = field(default_factory=set)
     effects_of: dict[str, list[str]] = field(default_factory=dict)  # job: who, when
+    # (worker, job): whether the holder wrote its hold's time since its last call.
+    renewed: dict[tuple[str, str], bool] = field(default_factory=dict)
     # The time a worker read before a write of its (the scheduler's read_before): a due
     # time is judged against it, not against the write's, which a rule may have moved.
     read_before: Callable[[str, datetime], datetime | None] | None = None
@@ -163,6 +165,7 @@ class QueueJudge:
     def judge(self, events: Sequence[Event]) -> list[Finding]:
         found: list[Finding] = []
         for event in events:
+            self._note_hold_writes(event)
             for name in self.invariants:
                 check = getattr(self, f"_{name}", None)
                 if check is not None:
@@ -218,6 +221,49 @@ class QueueJudge:
                     )
                 )
         return found
+
+    def calls_covered(
+        self, worker: str, label: str, at: datetime, held: Sequence[str]
+    ) -> list[Finding]:
+        """holder.renews_before_calls: ``worker``'s call (answered at ``at``, while it
+        held ``held``) came after a write of its hold's time since its previous call.
+        Judged only where the call's job is plain, its worker holding one job: a worker
+        that holds two (after a double claim, reported as such) renews the one it works
+        on."""
+        column = self.spec.holder.time_column
+        if not self.spec.holder.renews_before_calls or "fencing" not in self.invariants:
+            return []
+        found = []
+        if len(held) != 1:
+            for job in held:
+                self.renewed[(worker, job)] = False
+            return found
+        for job in held:
+            if not self.renewed.get((worker, job), True):
+                found.append(
+                    Finding(
+                        "fencing",
+                        f"{worker} called a service again without renewing its hold",
+                        job,
+                        f"{column} written by {worker} before each call of a hold after its first",
+                        f"{label} at {_time(at)}; its last write of {column} came before "
+                        "its previous call",
+                    )
+                )
+            self.renewed[(worker, job)] = False
+        return found
+
+    def _note_hold_writes(self, event: Event) -> None:
+        """What :meth:`calls_covered` needs: which holders wrote their hold's time since
+        their last call (a claim writes it; so does a renewal)."""
+        column = self.spec.holder.time_column
+        if not self.spec.holder.renews_before_calls or column is None:
+            return
+        change = event.change
+        if event.move in (Move.CLAIM, Move.TAKEOVER) or (
+            event.move is Move.PROGRESS and change.value(column) != change.value(column, new=False)
+        ):
+            self.renewed[(change.actor, change.job_id)] = True
 
     def liveness(self, rows: Mapping[str, Any]) -> list[Finding]:
         """At the drain: every enqueued job finished (and, where effects are declared,

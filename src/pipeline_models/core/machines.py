@@ -597,6 +597,7 @@ class QueueMachine(RuleBasedStateMachine):
             for label, at in slot.effects:
                 held = [job for job, hold in self.holders.holds.items() if hold.worker == slot.name]
                 findings += self.judge.effects(slot.name, label, at, held)
+                findings += self.judge.calls_covered(slot.name, label, at, held)
             slot.effects.clear()
         for slot in self.scheduler.slots.values():
             for warning in slot.warnings:

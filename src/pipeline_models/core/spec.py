@@ -162,6 +162,13 @@ class Holder:
     # it, its declared at-least-once behaviour, judged by no invariant; a worker that never
     # held the job is still fencing. The strict default reports every such write.
     fenced: bool = True
+    # True: the worker extends its hold (writes holder.column: a lease renewed, a beat)
+    # before each call to a service after the first of a hold (the claim's write covers
+    # that one), so that no call outlasts a hold it took long ago. Without it a long
+    # stage outlives its lease and a second worker runs it too. Judged on the order of
+    # the worker's writes and calls, never on times: a pause between a renewal and its
+    # call is no fault of the worker's.
+    renews_before_calls: bool = False
 
     def __post_init__(self) -> None:
         if self.ends not in ("expiry", "takeover"):
@@ -196,6 +203,12 @@ class Holder:
                     "holder.model 'heartbeat' needs holder.timeout_seconds > 0: how old a "
                     "heartbeat may get before another actor may recover the job"
                 )
+
+        if self.renews_before_calls and (self.model is HolderModel.ROW_LOCK or self.beats_in):
+            raise SpecError(
+                "holder.renews_before_calls needs a time on the job's row: a lease's expiry "
+                "or a heartbeat in holder.column"
+            )
 
     @property
     def time_column(self) -> str | None:

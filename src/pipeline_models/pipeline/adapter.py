@@ -108,8 +108,13 @@ def reference_spec(schema: str = SCHEMA) -> Spec:
         # the core reports that release as a zombie's write). No second worker can hold
         # the job meanwhile: a take-over changes the owner, and the late write then fails.
         # So a hold ends at a take-over.
+        # Its lease is renewed before every call to a service.
         holder=Holder(
-            "lease", column="lease_expires_at", timeout_seconds=LEASE_SECONDS, ends="takeover"
+            "lease",
+            column="lease_expires_at",
+            timeout_seconds=LEASE_SECONDS,
+            ends="takeover",
+            renews_before_calls=True,
         ),
         # Each transient failure and each take-over of an expired lease adds one; a job that
         # fails again with its retries spent is dead-lettered. Progress (the next stage, a
