@@ -233,7 +233,7 @@ class QueueJudge:
         column = self.spec.holder.time_column
         if not self.spec.holder.renews_before_calls or "fencing" not in self.invariants:
             return []
-        found = []
+        found: list[Finding] = []
         if len(held) != 1:
             for job in held:
                 self.renewed[(worker, job)] = False
