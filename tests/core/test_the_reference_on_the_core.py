@@ -22,6 +22,8 @@ from pipeline_models.core import QueueViolation, machine_for
 from pipeline_models.core.report import run
 from pipeline_models.database import Database
 from pipeline_models.examples.guide.adapter import GuideAdapter
+from pipeline_models.fakes import FaultPlan
+from pipeline_models.fakes.faults import Fault
 from pipeline_models.mutants.catalog import BY_NAME
 from pipeline_models.pipeline import adapter
 from pipeline_models.queries import Queries
@@ -391,3 +393,20 @@ def test_a_worker_that_does_not_renew_its_lease_before_a_call_is_found(renews: b
     assert found == (
         [] if renews else ["fencing: w1 called a service again without renewing its hold"]
     )
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_a_fault_script_left_over_plays_out_in_the_drain(repeat: bool) -> None:
+    """Faults the program set up for work it never ran meet the drain's requests (a
+    batch committed, the next one failing: re-embed-everything-after-a-retry is found in
+    two rules); a plan that would never end stops before the drain, so every job ends."""
+    machine = machine_for(ReferenceAdapter)()
+    middling = adapter.markdown_document(
+        "# Mid\n\n" + "".join(f"Sentence {n} fills a part. " for n in range(22)),
+        filename="mid.md",
+    )
+    machine.upload_a_document(document=middling, by_the_other_user=False)
+    plan = FaultPlan([None, Fault.server_error()], repeat=repeat)
+    machine.put_faults_on_the_embeddings(plan=plan)
+    machine.teardown()  # the drain: every job finished, as the model says
+    assert bool(plan.injected) is not repeat

@@ -359,11 +359,15 @@ class ReferenceAdapter(Adapter):
     # -- the pipeline's other users -------------------------------------------------------
 
     async def heal(self) -> None:
-        """Before the drain: both services heal and the operator lifts any cap above
-        what a program can spend (a job held for the budget is then released)."""
+        """Before the drain: a service's faults that would never end (a repeating plan)
+        stop, while a script with steps left plays out on the drain's requests and then
+        heals, as it would have on the program's (a failure the program set up for a job
+        it never ran is the drain's to meet); the operator lifts any cap above what a
+        program can spend (a job held for the budget is then released)."""
         fakes = self._fakes()
-        fakes.parser.faults = FaultPlan.healthy()
-        fakes.embeddings.faults = FaultPlan.healthy()
+        for service in (fakes.parser, fakes.embeddings):
+            if service.faults.repeat:
+                service.faults = FaultPlan.healthy()
         if self._cap is not None:
             await self.cap_the_spending(DRAIN_BUDGET_USD)
 
