@@ -13,12 +13,14 @@ import asyncio
 import dataclasses
 import os
 from collections.abc import Iterator
+from decimal import Decimal
 from importlib import resources
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
 from pipeline_models.core import QueueViolation, machine_for
+from pipeline_models.core.holders import Move
 from pipeline_models.core.report import run
 from pipeline_models.database import Database
 from pipeline_models.examples.guide.adapter import GuideAdapter
@@ -395,18 +397,52 @@ def test_a_worker_that_does_not_renew_its_lease_before_a_call_is_found(renews: b
     )
 
 
-@pytest.mark.parametrize("repeat", [False, True])
-def test_a_fault_script_left_over_plays_out_in_the_drain(repeat: bool) -> None:
+def test_a_fault_script_left_over_plays_out_in_the_drain() -> None:
     """Faults the program set up for work it never ran meet the drain's requests (a
     batch committed, the next one failing: re-embed-everything-after-a-retry is found in
-    two rules); a plan that would never end stops before the drain, so every job ends."""
+    two rules)."""
     machine = machine_for(ReferenceAdapter)()
     middling = adapter.markdown_document(
         "# Mid\n\n" + "".join(f"Sentence {n} fills a part. " for n in range(22)),
         filename="mid.md",
     )
     machine.upload_a_document(document=middling, by_the_other_user=False)
-    plan = FaultPlan([None, Fault.server_error()], repeat=repeat)
+    plan = FaultPlan([None, Fault.server_error()])
     machine.put_faults_on_the_embeddings(plan=plan)
     machine.teardown()  # the drain: every job finished, as the model says
-    assert bool(plan.injected) is not repeat
+    assert plan.injected
+
+
+class OverspendingAdapter(ReferenceAdapter):
+    """reservation-ignores-the-limit: a reservation is taken whatever the cap."""
+
+    queries: ClassVar[Queries] = planted("reservation-ignores-the-limit")
+
+
+@pytest.mark.parametrize(
+    ("adapter_class", "found"), [(ReferenceAdapter, []), (OverspendingAdapter, ["billing"])]
+)
+def test_the_drain_runs_under_a_cap_left_in_place_until_no_job_moves(
+    adapter_class: type[adapter.ReferenceAdapter], found: list[str]
+) -> None:
+    """The world heals (the cap lifted) only once the drain gets no further: a worker
+    claims the job under the cap first, so a reservation past the cap is seen."""
+    machine = machine_for(adapter_class)()
+    claimed_before_healing: list[bool] = []
+    act = machine._act
+
+    def recording(name: str, drawn: dict[str, Any], **options: Any) -> None:
+        if name == "heal":
+            claimed_before_healing.append(Move.CLAIM in {e.move for e in machine.holders.events})
+        act(name, drawn, **options)
+
+    machine._act = recording  # type: ignore[method-assign]
+    machine.cap_the_spending(limit=Decimal("0"))
+    machine.enqueue_job()
+    try:
+        machine.teardown()  # the drain
+        fired: list[str] = []
+    except QueueViolation as violation:
+        fired = [finding.invariant for finding in violation.findings][:1]
+    assert fired == found
+    assert claimed_before_healing == ([True] if not found else [])

@@ -124,9 +124,12 @@ class Adapter:
         raise NotImplementedError
 
     async def heal(self) -> None:
-        """Before the drain: the outside world recovers (faults end, a spending cap is
-        lifted), so that every job can finish. Run as an action (``heal``): its writes
-        are observed and judged like any other. Nothing by default."""
+        """When the drain gets no further: the outside world recovers (faults end, a
+        spending cap is lifted), so that every job can finish. The drain first runs the
+        world as the program left it (what the program set up for work it never ran meets
+        the drain's), and heals it once a few rounds in a row changed no job. Run as an
+        action (``heal``): its writes are observed and judged like any other. Nothing by
+        default."""
 
     async def arrive_late(self) -> None:
         """Once the drain has finished every job: what the outside world still owes

@@ -76,6 +76,8 @@ _ROW_LOCKS = ("FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE", "
 _HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DRAIN_ROUNDS = 100
 DRAIN_TURN = 200  # round trips of one worker before the next one's turn
+# Rounds of the drain in a row that change no job before the world heals (Adapter.heal).
+STUCK_ROUNDS = 3
 
 
 @dataclass
@@ -643,9 +645,14 @@ class QueueMachine(RuleBasedStateMachine):
         (:meth:`Adapter.arrive_late`) and the workers run on again; then every job must
         be finished (liveness)."""
         self.started.clear()  # the drain lets every started action finish
-        if type(self.adapter).heal is not Adapter.heal:
+        heals = type(self.adapter).heal is not Adapter.heal
+        # First the world as the program left it (faults still scripted, a cap still
+        # set): what the program set up for work it never ran meets the drain's. Once
+        # nobody gets further, the world heals and the drain goes on.
+        self._run_until_quiet(give_up_after=STUCK_ROUNDS if heals else None)
+        if heals and not self._all_finished():
             self._act("heal", {})
-        self._run_until_quiet()
+            self._run_until_quiet()
         if type(self.adapter).arrive_late is not Adapter.arrive_late and self._all_finished():
             self._act("arrive_late", {})
             self._run_until_quiet()
@@ -664,9 +671,11 @@ class QueueMachine(RuleBasedStateMachine):
             found = self._run(self.adapter.findings_at_end(self.runtime.monitor))
         self._judge(found)
 
-    def _run_until_quiet(self) -> None:
-        """The drain's workers run until every job is finished or nobody can move."""
+    def _run_until_quiet(self, give_up_after: int | None = None) -> None:
+        """The drain's workers run until every job is finished, or (``give_up_after``)
+        until that many rounds in a row changed no job."""
         timeout = self.spec.holder.timeout_seconds or 30
+        still = 0
         for _ in range(DRAIN_ROUNDS):
             live = self._live_for_the_drain()
             self._check()
@@ -686,7 +695,11 @@ class QueueMachine(RuleBasedStateMachine):
                         self._check()  # a call's effect is judged at its moment
                 self._check()
             if moved and len(self.trail.changes) > changes:
+                still = 0
                 continue
+            still += 1
+            if give_up_after is not None and still >= give_up_after:
+                return
             # Nobody changed a job (the workers only polled, or all wait): time moves to
             # the next moment something can happen, not by a poller's short sleeps.
             now = self.clock.now()

@@ -359,11 +359,10 @@ class ReferenceAdapter(Adapter):
     # -- the pipeline's other users -------------------------------------------------------
 
     async def heal(self) -> None:
-        """Before the drain: a service's faults that would never end (a repeating plan)
-        stop, while a script with steps left plays out on the drain's requests and then
-        heals, as it would have on the program's (a failure the program set up for a job
-        it never ran is the drain's to meet); the operator lifts any cap above what a
-        program can spend (a job held for the budget is then released)."""
+        """When the drain gets no further: a service's faults that would never end (a
+        repeating plan) stop (a finite script has played out on the drain's requests by
+        then, and healed), and the operator lifts any cap above what a program can spend
+        (a job held for the budget is then released)."""
         fakes = self._fakes()
         for service in (fakes.parser, fakes.embeddings):
             if service.faults.repeat:
