@@ -446,3 +446,23 @@ def test_the_drain_runs_under_a_cap_left_in_place_until_no_job_moves(
         fired = [finding.invariant for finding in violation.findings][:1]
     assert fired == found
     assert claimed_before_healing == ([True] if not found else [])
+
+
+def test_an_outage_ends_every_workers_sessions_and_each_reconnects() -> None:
+    """lose_the_connection(worker='every worker'): both workers lose their sessions at
+    once, mid-step with live leases (orphans-rescued-by-lost-session needs exactly this:
+    the first back must not take the other's job); both reconnect, nothing is lost."""
+    machine = machine_for(ReferenceAdapter)()
+    try:
+        machine.enqueue_job()
+        machine.enqueue_job()
+        machine.run_worker_until(worker="w1", before="a write")
+        machine.run_worker_until(worker="w2", before="a write")
+        before = {slot: set(machine.scheduler.slots[slot].pids) for slot in ("w1", "w2")}
+        assert all(before.values())
+        machine.lose_the_connection(worker="every worker")
+        for slot in ("w1", "w2"):
+            machine.run_worker_until_it_waits(worker=slot)
+            assert machine.scheduler.slots[slot].pids - before[slot], f"{slot} never came back"
+    finally:
+        machine.teardown()  # the drain: every job finished, as predicted

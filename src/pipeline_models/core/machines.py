@@ -76,6 +76,7 @@ _ROW_LOCKS = ("FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE", "
 _HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DRAIN_ROUNDS = 100
 DRAIN_TURN = 200  # round trips of one worker before the next one's turn
+EVERY_WORKER = "every worker"  # lose_the_connection's outage: every worker's sessions end
 # Rounds of the drain in a row that change no job before the world heals (Adapter.heal).
 STUCK_ROUNDS = 3
 
@@ -444,14 +445,17 @@ class QueueMachine(RuleBasedStateMachine):
         self.crashed.add(worker)
 
     def lose_the_connection(self, worker: str) -> None:
-        """The server ends ``worker``'s database sessions and the worker lives on (rule of
+        """The server ends ``worker``'s database sessions, or (``"every worker"``) every
+        worker's at once, as in an outage or a failover, and each lives on (rule of
         machines whose adapter says its worker reconnects)."""
-        if worker in self.crashed:
-            return
-        name = self.worker_name(worker)
+        slots = self.WORKER_SLOTS if worker == EVERY_WORKER else (worker,)
         self._check()  # every change before the cut is judged as its holder's
-        note(str(self._run(self.scheduler.cut(name))))
-        self.holders.lost_sessions(name)
+        for slot in slots:
+            if slot in self.crashed:
+                continue
+            name = self.worker_name(slot)
+            note(str(self._run(self.scheduler.cut(name))))
+            self.holders.lost_sessions(name)
         self._check()
 
     @rule(worker=st.sampled_from(("w1", "w2")))
@@ -860,7 +864,7 @@ def machine_for(
     if interleaved:
         namespace["step_an_action"] = rule(pick=st.integers(0, 3))(QueueMachine.step_an_action)
     if adapter.reconnects:
-        namespace["lose_the_connection"] = rule(worker=st.sampled_from(("w1", "w2")))(
+        namespace["lose_the_connection"] = rule(worker=st.sampled_from(("w1", "w2", EVERY_WORKER)))(
             QueueMachine.lose_the_connection
         )
     if "claims_skip_locks" in chosen:
