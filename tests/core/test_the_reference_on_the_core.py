@@ -356,27 +356,6 @@ def test_an_upload_cut_short_leaves_no_document_without_its_job(point: str) -> N
     ]
 
 
-def test_the_zombie_window_score_stops_where_the_window_opens() -> None:
-    """The search aims at a held job's age at its holder's pending write; past the point
-    where the window is open (a lease just past its end, a heartbeat past its timeout)
-    the score stops growing, or Hypothesis's optimiser climbs it without end."""
-    reference = machine_for(ReferenceAdapter, drain=False)()
-    try:
-        reference.enqueue_job()
-        reference.run_worker_until(worker="w1", before="a write")
-        reference.advance_clock(seconds=3600)
-        reference._aim()
-        assert reference._window_open == 1.0
-        assert reference._target == 1.0  # an hour past the lease: no more than just past it
-    finally:
-        reference.teardown()
-    guide = machine_for(GuideAdapter, drain=False)()
-    try:
-        assert guide._window_open == GuideAdapter.spec.holder.timeout_seconds + 1
-    finally:
-        guide.teardown()
-
-
 @pytest.mark.parametrize("renews", [True, False])
 def test_a_worker_that_does_not_renew_its_lease_before_a_call_is_found(renews: bool) -> None:
     """lease-not-renewed: the spec says the lease is renewed before every call after the

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, TypeVar
 
 import asyncpg
 from hypothesis import note as hypothesis_note
-from hypothesis import reject, settings, target
+from hypothesis import reject, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import RuleBasedStateMachine, rule
@@ -290,7 +290,6 @@ class QueueMachine(RuleBasedStateMachine):
         self.incarnation = dict.fromkeys(self.WORKER_SLOTS, 1)
         self.crashed: set[str] = set()
         self.jobs = 0
-        self._target = 0.0
         self.actions = 0
         # Actions still running (waiting on a worker's lock): what each will report.
         self.pending: dict[str, list[Finding]] = {}
@@ -553,38 +552,10 @@ class QueueMachine(RuleBasedStateMachine):
         if self.pending:
             self._settle_actions()
         self._run(self.trail.read(self.runtime.monitor))
-        self._aim()
         own: list[Finding] = []
         if type(self.adapter).findings_after_each_step is not Adapter.findings_after_each_step:
             own = self._run(self.adapter.findings_after_each_step(self.runtime.monitor))
         self._judge(own)
-
-    @property
-    def _window_open(self) -> float:
-        """The age at which the zombie's window is open: a lease's mark is its end (open
-        just past it), a heartbeat's is the last beat (open past the timeout). The score
-        stops there: an older hold opens it no wider, and an unbounded score keeps
-        Hypothesis's optimiser climbing (one mutant's round ran past 900 s on it)."""
-        if self.spec.holder.model is HolderModel.LEASE:
-            return 1.0
-        return float(self.spec.holder.timeout_seconds or 0) + 1.0
-
-    def _aim(self) -> None:
-        """Steer the search (targeted property-based testing) towards the zombie's
-        window: a worker about to write a job it holds while its hold grows old."""
-        column = self.spec.holder.time_column
-        if column is None:
-            return
-        now = self.clock.now()
-        for hold_job, hold in self.holders.holds.items():
-            slot = self.scheduler.slots.get(hold.worker)
-            point = slot.first_ready(now) if slot is not None and not slot.crashed else None
-            if point is None or not _pauses_before(point.where, "a write"):
-                continue
-            mark = moment_of((self.trail.rows.get(hold_job) or {}).get(column))
-            if mark is not None:
-                age = (now - mark).total_seconds()
-                self._target = max(self._target, min(age, self._window_open))
 
     def _judge(self, extra: Iterable[Finding] = ()) -> None:
         new = self.trail.changes[len(self.holders.events) :]
@@ -622,8 +593,6 @@ class QueueMachine(RuleBasedStateMachine):
         raise_findings(ordered)
 
     def teardown(self) -> None:
-        if currently_in_test_context():
-            target(self._target, label="age of a held job at its holder's pending write")
         try:
             if self.row_lock is not None:
                 self._release_the_row_lock()
