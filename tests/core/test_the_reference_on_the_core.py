@@ -28,6 +28,7 @@ from pipeline_models.fakes import FaultPlan
 from pipeline_models.fakes.faults import Fault
 from pipeline_models.mutants.catalog import BY_NAME
 from pipeline_models.pipeline import adapter
+from pipeline_models.pipeline import api as pipeline_api
 from pipeline_models.queries import Queries
 
 # This process's own tables: another run on the same server (a developer's check, a
@@ -445,3 +446,79 @@ def test_an_outage_ends_every_workers_sessions_and_each_reconnects() -> None:
             assert machine.scheduler.slots[slot].pids - before[slot], f"{slot} never came back"
     finally:
         machine.teardown()  # the drain: every job finished, as predicted
+
+
+class UnfencedCompletionAdapter(ReferenceAdapter):
+    """completion-without-owner-check: the advance checks the job's state and stage, not
+    its owner and lease."""
+
+    queries: ClassVar[Queries] = planted("completion-without-owner-check")
+
+
+class WebhookBesidePollerAdapter(ReferenceAdapter):
+    """webhook-and-poller-both-advance: the webhook moves the stage and leaves the job
+    with its worker, whose advance does not check the stage."""
+
+    queries: ClassVar[Queries] = planted("webhook-and-poller-both-advance")
+
+
+def _play(adapter_class: type[adapter.ReferenceAdapter], program: list[str]) -> list[str]:
+    """Play ``program`` (rule calls on ``machine``) with no drain; the findings' names."""
+    machine = machine_for(adapter_class, drain=False)()
+    try:
+        for line in program:
+            eval(line, {"machine": machine})
+        return []
+    except QueueViolation as violation:
+        return [finding.invariant for finding in violation.findings]
+    finally:
+        machine.teardown()
+
+
+ANSWER = "machine.run_worker_until(worker='w1', before=\"a call's answer\")"
+
+
+@pytest.mark.parametrize(
+    ("adapter_class", "found"),
+    [(ReferenceAdapter, []), (UnfencedCompletionAdapter, ["fencing"])],
+)
+def test_a_zombie_stopped_before_its_locking_read_commits_only_if_unfenced(
+    adapter_class: type[adapter.ReferenceAdapter], found: list[str]
+) -> None:
+    """w1 has the parse's answer in hand and stops before it locks its row to write it;
+    its lease runs out and w2 takes the job over; w1 goes on. Fenced by owner and lease,
+    it gives up; unfenced, its write is a zombie's."""
+    program = [
+        "machine.enqueue_job()",
+        ANSWER,
+        ANSWER,
+        ANSWER,
+        "machine.run_worker_until(worker='w1', before='a write')",
+        "machine.advance_clock(seconds=31)",
+        "machine.run_worker_until(worker='w2', before='a write')",
+        "machine.run_worker_until_it_waits(worker='w1')",
+    ]
+    assert _play(adapter_class, program) == found
+
+
+@pytest.mark.parametrize(
+    ("adapter_class", "found"),
+    [(ReferenceAdapter, []), (WebhookBesidePollerAdapter, ["transitions"])],
+)
+def test_a_webhook_delivered_while_the_worker_polls(
+    adapter_class: type[adapter.ReferenceAdapter], found: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker stops before its second call (the parse's poll, the job held at
+    parsing) and the parser's webhook arrives: taken from its worker, the job moves on
+    once; left with it, the stage moves under its holder."""
+    # The in-process API reads its SQL from the module, not from the adapter.
+    monkeypatch.setattr(pipeline_api, "QUERIES", adapter_class.queries)
+    until_a_call = "machine.run_worker_until(worker='w1', before='a call')"
+    program = [
+        "machine.enqueue_job()",
+        until_a_call,
+        until_a_call,
+        "machine.deliver_parser_webhooks()",
+        "machine.run_worker_until_it_waits(worker='w1')",
+    ]
+    assert _play(adapter_class, program) == found
