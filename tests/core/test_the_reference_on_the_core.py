@@ -150,6 +150,19 @@ def test_a_spec_that_does_not_say_claims_skip_locks_draws_no_lock_holder() -> No
     assert "hold_a_row_lock" in vars(machine_for(ReferenceAdapter))
 
 
+def test_a_worker_is_stopped_around_its_calls_only_where_the_spec_speaks_of_calls() -> None:
+    """The guide's worker calls no service: its programs stop workers before writes and
+    commits, as before the call points existed (its seeds draw what they drew); the
+    reference renews before calls, so its programs may stop a worker around them too."""
+
+    def points(adapter_class: type[Any]) -> str:
+        rule = machine_for(adapter_class).run_worker_until.hypothesis_stateful_rule
+        return repr(rule.arguments["before"])
+
+    assert "'a call'" not in points(GuideAdapter)
+    assert "'a call'" in points(ReferenceAdapter)
+
+
 def test_a_worker_that_loses_its_connection_mid_step_reconnects_and_loses_nothing() -> None:
     """The server ends w1's sessions while it works a job (its open transaction rolls
     back); w1 lives on, reconnects, and the job ends as the model says (the drain judges

@@ -71,6 +71,10 @@ LOCK_HOLDER = "pipeline-models lock holder"
 MAX_JOBS = 4
 # Where run_worker_until stops a worker: before it writes, or before it commits.
 PAUSE_POINTS = ("a write", "a commit", "a call", "a call's answer")
+# Where run_worker_until may stop a worker: before its writes and commits; around its
+# calls to services too where the spec speaks of calls (effects, renewals before calls),
+# so that the draws of a system without calls stay where they were.
+WRITE_POINTS = PAUSE_POINTS[:2]
 _WRITES = ("UPDATE", "DELETE", "INSERT", "MERGE")
 _ROW_LOCKS = ("FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE", "NOWAIT", "LOCKED")
 _HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -358,7 +362,6 @@ class QueueMachine(RuleBasedStateMachine):
             if report is None or report.outcome is not Outcome.PARKED:
                 return
 
-    @rule(worker=st.sampled_from(("w1", "w2")), before=st.sampled_from(PAUSE_POINTS))
     def run_worker_until(self, worker: str, before: str) -> None:
         """One worker runs until it is about to write a row, commit or call a service, or
         has a service's answer in hand (where a pause lets its hold run out and another
@@ -832,6 +835,11 @@ def machine_for(
         namespace[start] = _action_rule(name, declared[name], started=True)
     if interleaved:
         namespace["step_an_action"] = rule(pick=st.integers(0, 3))(QueueMachine.step_an_action)
+    calls = adapter.spec.effects is not None or adapter.spec.holder.renews_before_calls
+    namespace["run_worker_until"] = rule(
+        worker=st.sampled_from(("w1", "w2")),
+        before=st.sampled_from(PAUSE_POINTS if calls else WRITE_POINTS),
+    )(QueueMachine.run_worker_until)
     if adapter.reconnects:
         namespace["lose_the_connection"] = rule(worker=st.sampled_from(("w1", "w2", EVERY_WORKER)))(
             QueueMachine.lose_the_connection
