@@ -383,7 +383,6 @@ def test_a_worker_that_does_not_renew_its_lease_before_a_call_is_found(renews: b
     except QueueViolation as violation:
         found = [f"{f.invariant}: {f.message}" for f in violation.findings]
     finally:
-        machine.reported.clear()
         machine.teardown()
     assert found == (
         [] if renews else ["fencing: w1 called a service again without renewing its hold"]

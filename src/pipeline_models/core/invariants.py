@@ -233,25 +233,20 @@ class QueueJudge:
         column = self.spec.holder.time_column
         if not self.spec.holder.renews_before_calls or "fencing" not in self.invariants:
             return []
-        found: list[Finding] = []
-        if len(held) != 1:
-            for job in held:
-                self.renewed[(worker, job)] = False
-            return found
+        renewed = [self.renewed.get((worker, job), True) for job in held]
         for job in held:
-            if not self.renewed.get((worker, job), True):
-                found.append(
-                    Finding(
-                        "fencing",
-                        f"{worker} called a service again without renewing its hold",
-                        job,
-                        f"{column} written by {worker} before each call of a hold after its first",
-                        f"{label} at {_time(at)}; its last write of {column} came before "
-                        "its previous call",
-                    )
-                )
-            self.renewed[(worker, job)] = False
-        return found
+            self.renewed[(worker, job)] = False  # the next call needs a renewal first
+        if len(held) != 1 or renewed[0]:
+            return []
+        return [
+            Finding(
+                "fencing",
+                f"{worker} called a service again without renewing its hold",
+                held[0],
+                f"{column} written by {worker} before each call of a hold after its first",
+                f"{label} at {_time(at)}; its last write of {column} came before its previous call",
+            )
+        ]
 
     def _note_hold_writes(self, event: Event) -> None:
         """What :meth:`calls_covered` needs: which holders wrote their hold's time since

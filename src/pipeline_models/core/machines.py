@@ -69,11 +69,10 @@ ENQUEUER = "pipeline-models enqueue"
 CHECKER = "pipeline-models checker"
 LOCK_HOLDER = "pipeline-models lock holder"
 MAX_JOBS = 4
-# Where run_worker_until stops a worker: before it writes, or before it commits.
+# Where run_worker_until stops a worker: before it writes or commits; before a call to
+# a service or with its answer in hand too, where the spec speaks of calls (effects,
+# renewals before calls), so that the draws of a system without calls stay as they were.
 PAUSE_POINTS = ("a write", "a commit", "a call", "a call's answer")
-# Where run_worker_until may stop a worker: before its writes and commits; around its
-# calls to services too where the spec speaks of calls (effects, renewals before calls),
-# so that the draws of a system without calls stay where they were.
 WRITE_POINTS = PAUSE_POINTS[:2]
 _WRITES = ("UPDATE", "DELETE", "INSERT", "MERGE")
 _ROW_LOCKS = ("FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE", "NOWAIT", "LOCKED")
