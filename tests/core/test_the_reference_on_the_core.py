@@ -405,6 +405,27 @@ def test_a_fault_script_left_over_plays_out_in_the_drain() -> None:
     assert plan.injected
 
 
+def test_the_parsers_notices_come_again_signed_as_sent() -> None:
+    """At-least-once delivery, modelled as a provider does it: a notice sent again (the
+    program's duplicate, the drain's late announcements) is signed when it is sent, so
+    the receiver judges it, rather than refusing the old bytes as stale (401) once more
+    than its 300 s replay window has passed."""
+    machine = machine_for(ReferenceAdapter)()
+    parser = machine.adapter._fakes()  # type: ignore[attr-defined]
+    machine.enqueue_job()
+    machine.run_worker_until_it_waits(worker="w1")  # parsed by polling, done
+    machine.deliver_parser_webhooks()
+    machine.advance_clock(seconds=301)
+    machine.deliver_a_webhook_twice()
+    machine.advance_clock(seconds=301)
+    sent = len(parser.parser.delivery_results)
+    machine.teardown()  # the drain: every job done, then the notices arrive late
+    late = parser.parser.delivery_results[sent:]
+    statuses = [result.status_code for result in parser.parser.delivery_results]
+    assert len(late) == len(parser.parser.jobs) == 1
+    assert statuses[1:] == [200, 200], statuses  # the duplicate, the late one: judged
+
+
 class OverspendingAdapter(ReferenceAdapter):
     """reservation-ignores-the-limit: a reservation is taken whatever the cap."""
 

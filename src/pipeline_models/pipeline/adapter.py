@@ -359,14 +359,11 @@ class ReferenceAdapter(Adapter):
     # -- the pipeline's other users -------------------------------------------------------
 
     async def heal(self) -> None:
-        """When the drain gets no further: a service's faults that would never end (a
-        repeating plan) stop (a finite script has played out on the drain's requests by
-        then, and healed), and the operator lifts any cap above what a program can spend
-        (a job held for the budget is then released)."""
+        """When the drain gets no further: both services heal and the operator lifts any
+        cap above what a program can spend (a job held for the budget is then released)."""
         fakes = self._fakes()
-        for service in (fakes.parser, fakes.embeddings):
-            if service.faults.repeat:
-                service.faults = FaultPlan.healthy()
+        fakes.parser.faults = FaultPlan.healthy()
+        fakes.embeddings.faults = FaultPlan.healthy()
         if self._cap is not None:
             await self.cap_the_spending(DRAIN_BUDGET_USD)
 
