@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import asyncpg
 import pytest
+from hypothesis import find
 from hypothesis import strategies as st
 
 from pipeline_models.core import Finding, QueueViolation, SpecError, action, machine_for
@@ -109,6 +110,27 @@ def test_an_action_may_not_shadow_a_rule_of_the_machine() -> None:
 
     with pytest.raises(SpecError, match=r"Shadowing\.crash_worker"):
         machine_for(Shadowing)
+
+
+@pytest.mark.parametrize("steps", [(0,), (1.5,), (-3, 10)])
+def test_an_adapters_clock_steps_are_whole_seconds(steps: tuple[Any, ...]) -> None:
+    class Stepping(HeartbeatAdapter):
+        clock_steps = steps
+
+    with pytest.raises(SpecError, match=r"Stepping\.clock_steps: whole seconds"):
+        machine_for(Stepping)
+
+
+def test_an_adapters_clock_steps_are_drawn_beside_the_specs() -> None:
+    """Half the draws around the spec's timeout, half the adapter's own durations: the
+    spec's hold expiry stays one rule away however many steps the adapter adds."""
+
+    class Stepping(HeartbeatAdapter):
+        clock_steps = (7, 4, 7)
+
+    rule = machine_for(Stepping).advance_clock.hypothesis_stateful_rule
+    drawn = {find(rule.arguments["seconds"], lambda s, n=n: s == n) for n in (4, 7)}
+    assert drawn == {4, 7}
 
 
 def test_an_adapters_teardown_runs_before_the_checker_closes() -> None:

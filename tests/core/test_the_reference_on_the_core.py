@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 from collections.abc import Iterator
 from decimal import Decimal
@@ -19,7 +20,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from pipeline_models.core import QueueViolation, machine_for
+from pipeline_models.core import Holder, QueueViolation, machine_for
 from pipeline_models.core.holders import Move
 from pipeline_models.core.report import run
 from pipeline_models.database import Database
@@ -161,6 +162,57 @@ def test_a_worker_is_stopped_around_its_calls_only_where_the_spec_speaks_of_call
 
     assert "'a call'" not in points(GuideAdapter)
     assert "'a call'" in points(ReferenceAdapter)
+
+
+@pytest.mark.parametrize(
+    ("before", "times", "stopped"),
+    [
+        ("a call", 1, "before POST /api/v1/parsing/upload"),
+        ("a call", 2, "before GET /api/v1/parsing/job/"),
+        ("a call's answer", 3, "after GET /api/v1/parsing/job/"),
+        ("a write", 1, "before SELECT job_id FROM upload_jobs"),
+    ],
+)
+def test_a_worker_runs_until_the_nth_point_of_a_kind(before: str, times: int, stopped: str) -> None:
+    """run_worker_until passes ``times - 1`` points of the kind and stops at the next: the
+    parse's submit, its poll, the answer of its result's fetch (after the renewals
+    before each call) are each one rule away."""
+    machine = machine_for(ReferenceAdapter, drain=False)()
+    try:
+        machine.enqueue_job()
+        if before != "a write":  # the job's first stage makes no call
+            machine.run_worker_until(worker="w1", before="a commit")
+            machine.step_worker(worker="w1")
+        machine.run_worker_until(worker="w1", before=before, times=times)
+        where = machine.scheduler.report("w1")
+    finally:
+        machine.teardown()
+    assert where.startswith(f"w1 {stopped}"), where
+    if before == "a call's answer":
+        assert where.endswith("/result/raw/markdown"), where
+
+
+def test_the_workers_warnings_about_what_the_checker_does_are_held_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The machine cuts w1's connection mid-step on purpose: the worker's "database
+    connection lost" is the plan, not news (quiet_loggers), and its logger is itself
+    again once the machine is done."""
+    worker_log = logging.getLogger("pipeline_models.worker")
+    caplog.set_level(logging.WARNING)
+    machine = machine_for(ReferenceAdapter, drain=False)()
+    try:
+        machine.enqueue_job()
+        machine.run_worker_until(worker="w1", before="a write")
+        machine.lose_the_connection(worker="w1")
+        machine.run_worker_until_it_waits(worker="w1")
+        assert worker_log.level == logging.ERROR
+    finally:
+        machine.teardown()
+    assert worker_log.level == logging.NOTSET
+    assert "pipeline_models.worker" not in {record.name for record in caplog.records}
+    worker_log.warning("database connection lost")  # outside a check, it is news
+    assert "pipeline_models.worker" in {record.name for record in caplog.records}
 
 
 def test_a_worker_that_loses_its_connection_mid_step_reconnects_and_loses_nothing() -> None:
@@ -532,6 +584,36 @@ def test_a_zombie_stopped_before_its_locking_read_commits_only_if_unfenced(
         "machine.run_worker_until_it_waits(worker='w1')",
     ]
     assert _play(adapter_class, program) == found
+
+
+@pytest.mark.parametrize(
+    ("adapter_class", "found"),
+    [(ReferenceAdapter, []), (UnfencedCompletionAdapter, ["fencing"])],
+)
+def test_a_worker_stalled_past_its_lease_writes_as_a_zombie_only_if_unfenced(
+    adapter_class: type[adapter.ReferenceAdapter], found: list[str]
+) -> None:
+    """w1 claims the job and stalls before its locking read for longer than its lease;
+    w2 takes the job over; w1 goes on (stall_worker: the zombie's window in one rule)."""
+    program = [
+        "machine.enqueue_job()",
+        "machine.stall_worker(worker='w1', before='a write')",
+        "machine.run_worker_until(worker='w2', before='a write')",
+        "machine.run_worker_until_it_waits(worker='w1')",
+    ]
+    assert _play(adapter_class, program) == found
+
+
+def test_only_machines_whose_holds_expire_stall_workers() -> None:
+    """A hold kept by a row lock does not run out while its worker stalls: nothing to
+    draw. Leases and heartbeats do."""
+
+    class RowLocked(GuideAdapter):
+        spec = dataclasses.replace(GuideAdapter.spec, holder=Holder("row_lock"))
+
+    assert "stall_worker" not in vars(machine_for(RowLocked))
+    assert "stall_worker" in vars(machine_for(GuideAdapter))  # a heartbeat
+    assert "stall_worker" in vars(machine_for(ReferenceAdapter))  # a lease
 
 
 @pytest.mark.parametrize(

@@ -15,15 +15,15 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from pipeline_models import machines
 from pipeline_models.documents import Document
 from pipeline_models.drivers import API_MAX_UPLOAD_BYTES, CHECK_CONFIG
 from pipeline_models.fakes import Fault, FaultKind
 from pipeline_models.fakes.faults import retry_after_header
 from pipeline_models.fakes.parsing import parse_document
 from pipeline_models.lifecycle import Stage, State
-from pipeline_models.machines import MULTIPART_OVERHEAD
 from pipeline_models.model import expected_outcome
+from pipeline_models.pipeline import inputs
+from pipeline_models.pipeline.inputs import MULTIPART_OVERHEAD
 from pipeline_models.pipeline.services import retry_after_seconds
 from pipeline_models.pipeline.webhooks import DEFAULT_TOLERANCE_SECONDS
 from pipeline_models.profiles import PROFILES
@@ -153,11 +153,11 @@ FAMILIES = {
 
 @pytest.mark.parametrize("family", sorted(set(FAMILIES.values())))
 def test_the_machine_draws_each_kind_of_boundary_upload(family: str) -> None:
-    assert family in drawn(machines.BOUNDARY_DOCUMENTS, lambda d: FAMILIES[d.filename])
+    assert family in drawn(inputs.BOUNDARY_DOCUMENTS, lambda d: FAMILIES[d.filename])
 
 
 def test_the_machine_uploads_pdfs() -> None:
-    assert "application/pdf" in drawn(machines.UPLOADS, lambda d: d.content_type)
+    assert "application/pdf" in drawn(inputs.UPLOADS, lambda d: d.content_type)
 
 
 def test_a_blank_document_has_no_chunk_and_is_predicted_dead() -> None:
@@ -209,7 +209,7 @@ def test_the_retry_after_variants_are_absent_zero_seconds_ahead_and_past() -> No
 def test_unbroken_fault_runs_of_the_retry_limit_and_the_circuit_threshold_are_drawn(
     length: int, service: str
 ) -> None:
-    plans = machines.PARSER_FAULT_PLANS if service == "parser" else machines.EMBEDDINGS_FAULT_PLANS
+    plans = inputs.PARSER_FAULT_PLANS if service == "parser" else inputs.EMBEDDINGS_FAULT_PLANS
     # An unbroken run: no healthy request between the faults, so failures are consecutive.
     runs = drawn(plans, lambda p: len(p.script) if None not in p.script else 0)
     assert length in runs
@@ -227,12 +227,12 @@ def test_a_run_of_one_transient_fault_long_enough_to_open_the_circuit_is_drawn()
             and script[0].kind in transient
         )
 
-    assert True in drawn(machines.PARSER_FAULT_PLANS, trips)
+    assert True in drawn(inputs.PARSER_FAULT_PLANS, trips)
 
 
 @pytest.mark.parametrize("service", ["parser", "embeddings"])
 def test_an_outage_of_a_transient_fault_is_drawn(service: str) -> None:
-    plans = machines.PARSER_FAULT_PLANS if service == "parser" else machines.EMBEDDINGS_FAULT_PLANS
+    plans = inputs.PARSER_FAULT_PLANS if service == "parser" else inputs.EMBEDDINGS_FAULT_PLANS
     transient = {FaultKind.RATE_LIMIT, FaultKind.SERVER_ERROR, FaultKind.TIMEOUT}
 
     def outage(plan: Any) -> bool:
@@ -270,5 +270,5 @@ def test_each_clock_edge_is_drawn(seconds: int) -> None:
 
 @pytest.mark.parametrize("seconds", [29, 299, 300])
 def test_the_machine_moves_the_clock_to_the_edges_the_old_steps_missed(seconds: int) -> None:
-    assert seconds not in machines.CLOCK_STEPS
-    assert seconds in drawn(machines.CLOCK_ADVANCES, lambda s: s)
+    assert seconds not in inputs.CLOCK_STEPS
+    assert seconds in drawn(inputs.CLOCK_ADVANCES, lambda s: s)

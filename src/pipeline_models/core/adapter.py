@@ -106,6 +106,14 @@ class Adapter:
     # idle timeout). True: the machine draws lose_the_connection, which ends a worker's
     # sessions and lets it live on, and it must lose nothing.
     reconnects: ClassVar[bool] = False
+    # More seconds advance_clock may step, beside those around the spec's timeout: the
+    # durations only the system knows (its backoffs, its poll interval, a signature's
+    # replay window), each and a second before, so that each runs out one rule away.
+    clock_steps: ClassVar[tuple[int, ...]] = ()
+    # Loggers of the system held to errors while it is checked: the machine crashes its
+    # workers and cuts their connections on purpose, and warnings about that (the
+    # reference's "database connection lost") are the plan, not news.
+    quiet_loggers: ClassVar[tuple[str, ...]] = ()
 
     async def setup(self, connection: asyncpg.Connection) -> None:
         """Make the system's tables exist and be empty: each example starts from nothing.

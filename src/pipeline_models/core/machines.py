@@ -23,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import logging
 import os
 import re
 import sys
 import traceback
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
@@ -74,6 +75,10 @@ MAX_JOBS = 4
 # renewals before calls), so that the draws of a system without calls stay as they were.
 PAUSE_POINTS = ("a write", "a commit", "a call", "a call's answer")
 WRITE_POINTS = PAUSE_POINTS[:2]
+# How many such points run_worker_until passes at most: a stage that calls a service
+# three times (submit, poll, fetch) renews its hold before each; only a pause at the last
+# call's answer leaves a zombie nothing to renew before its write.
+UNTIL_TIMES = 4
 _WRITES = ("UPDATE", "DELETE", "INSERT", "MERGE")
 _ROW_LOCKS = ("FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE", "NOWAIT", "LOCKED")
 _HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -278,6 +283,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.clock = CheckerClock()
         self._patches = contextlib.ExitStack()
         self._patches.enter_context(patched_drivers())
+        for name in self.adapter.quiet_loggers:
+            self._patches.enter_context(_held_to_errors(logging.getLogger(name)))
         self.clock.stop_python_time()
         self._patches.callback(self.clock.release_python_time)
         self.observer: Observer = self._run(self.runtime.observer(self.adapter))
@@ -361,17 +368,30 @@ class QueueMachine(RuleBasedStateMachine):
             if report is None or report.outcome is not Outcome.PARKED:
                 return
 
-    def run_worker_until(self, worker: str, before: str) -> None:
+    def run_worker_until(self, worker: str, before: str, times: int = 1) -> None:
         """One worker runs until it is about to write a row, commit or call a service, or
         has a service's answer in hand (where a pause lets its hold run out and another
-        worker take the job: the zombie's window; or lets a webhook race the call)."""
+        worker take the job: the zombie's window; or lets a webhook race the call), the
+        ``times``-th time from here: a stage's last call, after its renewals, is one rule
+        away (shrinks toward the first)."""
         for count in range(DRAIN_TURN):
             report = self._step(worker)
             self._check()
             if report is None or report.outcome is not Outcome.PARKED:
                 return
             if count and _pauses_before(report.next or "", before):
-                return
+                times -= 1
+                if times == 0:
+                    return
+
+    def stall_worker(self, worker: str, before: str, times: int = 1) -> None:
+        """One worker runs as in :meth:`run_worker_until`, then stalls there (a GC pause,
+        a partition, a swapped-out host) for longer than a hold lasts: the clock moves
+        past the spec's timeout. Whatever it does next it does as a worker that may have
+        lost its job: a zombie's window in one rule (of machines whose holds expire)."""
+        self.run_worker_until(worker, before, times)
+        if worker not in self.crashed:
+            self._move_clock(timedelta(seconds=_hold_seconds(self.spec) + 1))
 
     def _step(self, worker: str) -> StepReport | None:
         if worker in self.crashed:
@@ -649,7 +669,7 @@ class QueueMachine(RuleBasedStateMachine):
     def _run_until_quiet(self, give_up_after: int | None = None) -> None:
         """The drain's workers run until every job is finished, or (``give_up_after``)
         until that many rounds in a row changed no job."""
-        timeout = self.spec.holder.timeout_seconds or 30
+        timeout = _hold_seconds(self.spec)
         still = 0
         for _ in range(DRAIN_ROUNDS):
             live = self._live_for_the_drain()
@@ -768,6 +788,12 @@ def _pauses_before(where: str, point: str) -> bool:
     return first in _WRITES or (first == "WITH" and any(w in label.upper() for w in _WRITES))
 
 
+def _hold_seconds(spec: Spec) -> float:
+    """How long a hold lasts unrenewed: the spec's timeout (30 s for a lease whose length
+    the worker chooses)."""
+    return spec.holder.timeout_seconds or 30
+
+
 def queue_settings(profile: str | None = None, **overrides: Any) -> settings:
     """The profile's Hypothesis settings (ci, dev, fuzz, debug: see
     :mod:`pipeline_models.profiles`), without an example database unless one was set:
@@ -800,9 +826,21 @@ def machine_for(
             f"{', '.join(sorted(declared)) or 'none'}"
         )
 
-    @rule(seconds=st.sampled_from(clock_steps(adapter.spec)))
+    if any(not isinstance(step, int) or step < 1 for step in adapter.clock_steps):
+        raise SpecError(
+            f"{adapter.__name__}.clock_steps: whole seconds, each at least 1; "
+            f"got {adapter.clock_steps!r}"
+        )
+    # Half the steps around the spec's timeout (a hold's expiry, one rule away however
+    # many durations the adapter adds), half the adapter's own.
+    steps = st.sampled_from(clock_steps(adapter.spec))
+    if adapter.clock_steps:
+        steps = st.one_of(steps, st.sampled_from(sorted(set(adapter.clock_steps))))
+
+    @rule(seconds=steps)
     def advance_clock(self: QueueMachine, seconds: int) -> None:
-        """Time moves on, by steps around the spec's timeouts (:func:`clock_steps`)."""
+        """Time moves on, by steps around the spec's timeouts (:func:`clock_steps`) and
+        the adapter's own durations."""
         self._move_clock(timedelta(seconds=seconds))
 
     namespace: dict[str, Any] = {
@@ -835,10 +873,14 @@ def machine_for(
     if interleaved:
         namespace["step_an_action"] = rule(pick=st.integers(0, 3))(QueueMachine.step_an_action)
     calls = adapter.spec.effects is not None or adapter.spec.holder.renews_before_calls
-    namespace["run_worker_until"] = rule(
+    until = rule(
         worker=st.sampled_from(("w1", "w2")),
         before=st.sampled_from(PAUSE_POINTS if calls else WRITE_POINTS),
-    )(QueueMachine.run_worker_until)
+        times=st.integers(1, UNTIL_TIMES),
+    )
+    namespace["run_worker_until"] = until(QueueMachine.run_worker_until)
+    if adapter.spec.holder.model is not HolderModel.ROW_LOCK:
+        namespace["stall_worker"] = until(QueueMachine.stall_worker)
     if adapter.reconnects:
         namespace["lose_the_connection"] = rule(worker=st.sampled_from(("w1", "w2", EVERY_WORKER)))(
             QueueMachine.lose_the_connection
@@ -859,6 +901,16 @@ def _action_rule(
 
     run_action.__name__ = run_action.__qualname__ = f"start_{name}" if started else name
     return rule(**arguments)(run_action)  # type: ignore[call-overload]
+
+
+@contextlib.contextmanager
+def _held_to_errors(logger: logging.Logger) -> Iterator[None]:
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def note(text: str) -> None:

@@ -68,6 +68,14 @@ from pipeline_models.pipeline.auth import TokenIssuer
 from pipeline_models.pipeline.budget import Budget
 from pipeline_models.pipeline.config import WorkerConfig
 from pipeline_models.pipeline.costs import Usage
+from pipeline_models.pipeline.inputs import (
+    BOUNDARY_DOCUMENTS,
+    BUDGET_LIMITS_USD,
+    CLOCK_EDGES,
+    EMBEDDINGS_FAULT_PLANS,
+    PARSER_FAULT_PLANS,
+    UPLOADS,
+)
 from pipeline_models.pipeline.reference import (
     FAKE_API_KEY,
     SERVICE_TIMEOUT,
@@ -84,7 +92,6 @@ from pipeline_models.pipeline.uploads import (
 )
 from pipeline_models.queries import QUERIES, Queries
 from pipeline_models.snapshot import Snapshot, take_snapshot
-from strategies import documents, fault_plans, faults
 
 SCHEMA = "pm_reference"
 LEASE_SECONDS = int(CHECK_CONFIG.lease_seconds)
@@ -147,8 +154,6 @@ _CUT_POINTS = ("blob_stored", "document_inserted")
 _TOKEN_SECRET = "pipeline-models-core-token-secret"
 _WEBHOOK_SECRET = "pipeline-models-core-webhook-secret"
 _API_URL = "http://api.check"
-# The spending caps an operator sets: none, below one call, a few calls, plenty.
-BUDGET_LIMITS_USD = tuple(Decimal(limit) for limit in ("0", "0.003", "0.012", "1"))
 DRAIN_BUDGET_USD = Decimal(1000)
 MAX_UPLOAD_BYTES = ApiSettings.max_upload_bytes  # the API's default limit
 # The old layer's invariants that read only the tables and the services' bills, judged
@@ -175,6 +180,10 @@ class ReferenceAdapter(Adapter):
     seconds_per_round_trip: ClassVar[float] = 1.0
     # BaseWorker.run reconnects when its connection is lost (DatabaseUnavailableError).
     reconnects: ClassVar[bool] = True
+    # The instants its backoffs, the circuit's pause, the poll and a webhook's replay
+    # window run out (and the last second they have not).
+    clock_steps: ClassVar[tuple[int, ...]] = CLOCK_EDGES
+    quiet_loggers: ClassVar[tuple[str, ...]] = ("pipeline_models.worker",)
     # The worker's SQL (a test plants a bug by changing it, as a mutant does in a copy).
     queries: ClassVar[Queries] = QUERIES
 
@@ -376,19 +385,25 @@ class ReferenceAdapter(Adapter):
             if job.webhook_url is not None:
                 await parser.redeliver(parser.webhook_for(job))
 
-    @action(plan=fault_plans())
+    @action(plan=PARSER_FAULT_PLANS)
     async def put_faults_on_the_parser(self, plan: FaultPlan) -> None:
         """The parser answers its next requests as ``plan`` says, then heals."""
         self._pipeline_at(self.dsn).fakes.parser.faults = plan  # type: ignore[union-attr]
 
-    @action(plan=fault_plans(faults=faults(wrong_dimension=True)))
+    @action(plan=EMBEDDINGS_FAULT_PLANS)
     async def put_faults_on_the_embeddings(self, plan: FaultPlan) -> None:
         """The embeddings service answers its next requests as ``plan`` says."""
         self._pipeline_at(self.dsn).fakes.embeddings.faults = plan  # type: ignore[union-attr]
 
-    @action(interleaved=True, document=documents(max_size=600), by_the_other_user=st.booleans())
+    @action(
+        interleaved=True,
+        document=st.one_of(UPLOADS, BOUNDARY_DOCUMENTS),
+        by_the_other_user=st.booleans(),
+    )
     async def upload_a_document(self, document: Document, by_the_other_user: bool) -> None:
-        """A document of any kind and size (the queue's own are small markdown)."""
+        """A document of any kind and size (the queue's own are small markdown), or one at
+        an edge: exactly a batch of chunks (or one more, or one fewer), no text, no byte,
+        one byte, a word a chunk long, the size limit's bytes."""
         user = _OTHER_USER if by_the_other_user else _USER
         sent = [user, document, None]
         self._sent.append(sent)
