@@ -497,7 +497,7 @@ def mutants(
         )
     layers = ["core"] if layer == "core" else campaign_layers(chosen)
 
-    tally = MutantsTally(len(control_tasks(layers, chosen_sides)), len(chosen))
+    tally = MutantsTally(len(control_tasks(layers, chosen_sides, rounds)), len(chosen))
     shown = Progress("mutants", tally.reading, mode=choose_mode(progress))
 
     def say(text: str) -> None:

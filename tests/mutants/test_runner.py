@@ -72,9 +72,13 @@ def test_a_campaign_whose_control_fails_a_round_counts_no_kill(options: RunOptio
     assert campaign.failures
     assert "round 1 (derandomized ci)" in campaign.failures[0]
     assert "liveness" in campaign.failures[0]
-    # Every round of the control ran, not only up to its first failure.
+    # Every round of the control ran (each in a process of its own, on its own seed),
+    # not only up to its first failure, and the rounds are reported as one control.
     [control] = campaign.control
-    assert [r.round for r in control.sides["checker"].rounds] == [1, 2]
+    checker = control.sides["checker"]
+    assert [(r.round, r.seed, r.failed) for r in checker.rounds] == [(1, None, True), (2, 1, True)]
+    assert checker.killed_in_round == 1
+    assert checker.examples == sum(r.examples for r in checker.rounds)
 
 
 def test_the_same_bug_counts_as_a_kill_beside_a_control_that_passed(options: RunOptions) -> None:

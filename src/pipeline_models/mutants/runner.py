@@ -25,7 +25,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ def _child(
     pythonpath: Path | None,
     sides: Sequence[str] | None = None,
     every_round: bool = False,
+    seed: int | None = None,
 ) -> tuple[list[SideResult], str | None]:
     command = [
         sys.executable,
@@ -117,6 +118,8 @@ def _child(
     ]
     if every_round:
         command.append("--every-round")
+    if seed is not None:
+        command += ["--seed", str(seed)]
     if options.adapter:
         command += ["--adapter", options.adapter]
     environment = dict(os.environ)
@@ -159,6 +162,7 @@ def _planted_run(
     layer: str,
     sides: Sequence[str],
     every_round: bool,
+    seed: int | None = None,
 ) -> tuple[list[SideResult], str | None]:
     """Plant ``system`` in a scratch copy and run its child there, in a free schema."""
     schema = schemas.get()
@@ -174,6 +178,7 @@ def _planted_run(
                 pythonpath=root,
                 sides=sides,
                 every_round=every_round,
+                seed=seed,
             )
     finally:
         schemas.put(schema)
@@ -218,18 +223,23 @@ def run_mutants(
         return list(pool.map(run_one, mutants))
 
 
-def control_tasks(layers: Sequence[str], sides: Sequence[str]) -> list[tuple[str, str]]:
-    """The control's parts: one process per layer and side, the example suite (which
-    does not depend on the layer) once.
+def control_tasks(
+    layers: Sequence[str], sides: Sequence[str], rounds: int = 1
+) -> list[tuple[str, str, int | None]]:
+    """The control's parts: one process per layer, side and round (each round is a
+    search of its own seed, so ``-j`` runs them side by side), the example suite (which
+    does not depend on the layer, and has no rounds) once.
 
-    >>> control_tasks(["pipeline", "queue"], ["checker", "examples"])
-    [('pipeline', 'checker'), ('pipeline', 'examples'), ('queue', 'checker')]
+    >>> control_tasks(["pipeline", "queue"], ["checker", "examples"], rounds=2)
+    [('pipeline', 'checker', 1), ('pipeline', 'checker', 2), ('pipeline', 'examples', None), \
+('queue', 'checker', 1), ('queue', 'checker', 2)]
     """
     return [
-        (layer, side)
+        (layer, side, number)
         for layer in layers
         for side in sides
         if side != "examples" or layer == layers[0]
+        for number in ([None] if side == "examples" else range(1, rounds + 1))
     ]
 
 
@@ -247,17 +257,31 @@ def run_control(
     on_result: Callable[[MutantReport], None] | None = None,
 ) -> list[MutantReport]:
     """The control: ``system`` (the unmodified package) on the mutants' very schedule,
-    every round run to its end, one process per layer and side (:func:`control_tasks`).
-    ``system`` is a parameter so that a test can hand the runner a control that fails.
-    ``on_result`` hears of each part as soon as it is done."""
+    every round run to its end, each round a process of its own (:func:`control_tasks`),
+    the rounds of one layer and side then put together as one report. ``system`` is a
+    parameter so that a test can hand the runner a control that fails. ``on_result``
+    hears of each part as soon as it is done."""
     schemas = _schema_slots(jobs)
-    tasks = control_tasks(layers, options.sides)
+    tasks = control_tasks(layers, options.sides, options.rounds)
+    seeds = round_seeds(options.rounds)
+    one_round = replace(options, rounds=1)
 
-    def run_one(task: tuple[str, str]) -> MutantReport:
-        layer, side = task
+    def run_one(task: tuple[str, str, int | None]) -> MutantReport:
+        layer, side, number = task
         results, error = _planted_run(
-            system, options, schemas, layer=layer, sides=[side], every_round=True
+            system,
+            options if number is None else one_round,
+            schemas,
+            layer=layer,
+            sides=[side],
+            every_round=True,
+            seed=None if number is None else seeds[number - 1],
         )
+        for result in results:  # the child numbers its only round 1
+            for found in result.rounds:
+                found.round = number or found.round
+            if result.killed_in_round is not None and number is not None:
+                result.killed_in_round = number
         report = MutantReport(
             f"{system.name}, {layer} layer, {SIDE_TITLES[side]}",
             system.kind,
@@ -271,7 +295,30 @@ def run_control(
         return report
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(run_one, tasks))
+        parts = list(pool.map(run_one, tasks))
+    merged: dict[str, MutantReport] = {}
+    for part in parts:  # in task order: a layer and side's rounds in order
+        whole = merged.setdefault(part.name, part)
+        if whole is not part:
+            whole.error = "; ".join(filter(None, [whole.error, part.error])) or None
+            for side, result in part.sides.items():
+                whole.sides[side] = (
+                    _rounds_together(whole.sides[side], result) if side in whole.sides else result
+                )
+    return list(merged.values())
+
+
+def _rounds_together(first: SideResult, then: SideResult) -> SideResult:
+    """One side's result over the rounds of ``first`` and then those of ``then``: its
+    examples and seconds added up (the time the rounds took one after the other), its
+    failure the first round's that failed."""
+    failed = first if first.killed else then
+    return replace(
+        failed,
+        seconds=first.seconds + then.seconds,
+        examples=first.examples + then.examples,
+        rounds=first.rounds + then.rounds,
+    )
 
 
 def control_failures(control: Sequence[MutantReport]) -> list[str]:
