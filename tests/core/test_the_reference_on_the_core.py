@@ -29,7 +29,6 @@ from pipeline_models.fakes import FaultPlan
 from pipeline_models.fakes.faults import Fault
 from pipeline_models.mutants.catalog import BY_NAME
 from pipeline_models.pipeline import adapter
-from pipeline_models.pipeline import api as pipeline_api
 from pipeline_models.queries import Queries
 
 # This process's own tables: another run on the same server (a developer's check, a
@@ -621,13 +620,11 @@ def test_only_machines_whose_holds_expire_stall_workers() -> None:
     [(ReferenceAdapter, []), (WebhookBesidePollerAdapter, ["transitions"])],
 )
 def test_a_webhook_delivered_while_the_worker_polls(
-    adapter_class: type[adapter.ReferenceAdapter], found: list[str], monkeypatch: pytest.MonkeyPatch
+    adapter_class: type[adapter.ReferenceAdapter], found: list[str]
 ) -> None:
     """The worker stops before its second call (the parse's poll, the job held at
     parsing) and the parser's webhook arrives: taken from its worker, the job moves on
     once; left with it, the stage moves under its holder."""
-    # The in-process API reads its SQL from the module, not from the adapter.
-    monkeypatch.setattr(pipeline_api, "QUERIES", adapter_class.queries)
     until_a_call = "machine.run_worker_until(worker='w1', before='a call')"
     program = [
         "machine.enqueue_job()",

@@ -359,7 +359,7 @@ class ReferenceAdapter(Adapter):
 
     async def teardown(self, connection: asyncpg.Connection) -> None:
         """The in-process API's pool and client go before the server does."""
-        api = _APIS.pop((self.dsn, self.schema), None)
+        api = _APIS.pop(self._api_key, None)
         if api is not None:
             app, client = api
             await app.state.runtime.close()
@@ -587,7 +587,7 @@ class ReferenceAdapter(Adapter):
 
     def _api(self) -> httpx.AsyncClient:
         self._pipeline_at(self.dsn)
-        return _APIS[(self.dsn, self.schema)][1]
+        return _APIS[self._api_key][1]
 
     # -- one pipeline per example, shared by its workers --------------------------------
 
@@ -646,9 +646,14 @@ class ReferenceAdapter(Adapter):
             fakes.parser.webhook_client = self._api_for(self._pipeline)
         return self._pipeline
 
+    @property
+    def _api_key(self) -> tuple[str, str, int]:
+        return (self.dsn, self.schema, id(self.queries))
+
     def _api_for(self, pipeline: ReferencePipeline) -> httpx.AsyncClient:
-        """The in-process API serving ``pipeline`` (built once per schema: ~20 ms)."""
-        key = (self.dsn, self.schema)
+        """The in-process API serving ``pipeline`` with the worker's SQL (built once per
+        schema and SQL: ~20 ms)."""
+        key = self._api_key
         if key in _APIS:
             app, client = _APIS[key]
             app.state.runtime.use(pipeline)
@@ -658,7 +663,7 @@ class ReferenceAdapter(Adapter):
             webhook_secrets=(_WEBHOOK_SECRET,),
             operators=frozenset({_OPERATOR}),
         )
-        app = create_api(pipeline, settings)
+        app = create_api(pipeline, settings, queries=self.queries)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=_API_URL)
         _APIS[key] = (app, client)
         return client
@@ -693,7 +698,7 @@ class _Senders(httpx.AsyncBaseTransport, httpx2.AsyncBaseTransport):
 
 _SCHEMAS_READY: dict[tuple[str, str], bool] = {}  # by database and schema
 _DATABASES: dict[tuple[str, str], Database] = {}
-_APIS: dict[tuple[str, str], tuple[Any, httpx.AsyncClient]] = {}
+_APIS: dict[tuple[str, str, int], tuple[Any, httpx.AsyncClient]] = {}
 _BLOBS: list[str] = []
 
 

@@ -50,7 +50,7 @@ from pipeline_models.pipeline.uploads import (
     enqueue_upload,
 )
 from pipeline_models.pipeline.webhooks import ParserWebhook, WebhookRejected, verify
-from pipeline_models.queries import QUERIES
+from pipeline_models.queries import QUERIES, Queries
 
 MEBIBYTE = 2**20
 # Room for the multipart envelope around the file itself.
@@ -178,11 +178,16 @@ class _UploadSizeGuard:
 
 
 class ApiRuntime:
-    """The API's shared state: the pipeline, a connection pool (opened on first use)."""
+    """The API's shared state: the pipeline, its SQL, a connection pool (opened on first
+    use)."""
 
-    def __init__(self, pipeline: ReferencePipeline, settings: ApiSettings) -> None:
+    def __init__(
+        self, pipeline: ReferencePipeline, settings: ApiSettings, queries: Queries = QUERIES
+    ) -> None:
         self.pipeline = pipeline
         self.settings = settings
+        # The SQL it runs (the worker's own, so that a bug planted in one is in both).
+        self.queries = queries
         self.tokens = TokenIssuer(settings.token_secret, clock=pipeline.clock)
         self.upload_checkpoint: UploadCheckpoint | None = None
         self._pool: asyncpg.Pool | None = None
@@ -245,9 +250,12 @@ async def current_user(
 User = Annotated[uuid.UUID, Depends(current_user)]
 
 
-def create_api(pipeline: ReferencePipeline, settings: ApiSettings) -> FastAPI:
-    """The upload API of ``pipeline`` (re-point it with ``app.state.runtime.use``)."""
-    runtime = ApiRuntime(pipeline, settings)
+def create_api(
+    pipeline: ReferencePipeline, settings: ApiSettings, *, queries: Queries = QUERIES
+) -> FastAPI:
+    """The upload API of ``pipeline`` running ``queries`` (re-point it with
+    ``app.state.runtime.use``)."""
+    runtime = ApiRuntime(pipeline, settings, queries)
     metrics = pipeline.metrics or PipelineMetrics()
 
     @asynccontextmanager
@@ -300,9 +308,10 @@ def create_api(pipeline: ReferencePipeline, settings: ApiSettings) -> FastAPI:
                 filename=filename,
                 declared_type=file.content_type or "application/octet-stream",
                 data=data,
+                queries=queries,
                 checkpoint=runtime.upload_checkpoint,
             )
-            job = await connection.fetchrow(QUERIES["job_for_user"].sql, accepted.job_id, user)
+            job = await connection.fetchrow(queries["job_for_user"].sql, accepted.job_id, user)
         body = UploadResponse(
             document_id=accepted.document_id,
             job_id=accepted.job_id,
@@ -325,7 +334,7 @@ def create_api(pipeline: ReferencePipeline, settings: ApiSettings) -> FastAPI:
     async def job_status(job_id: uuid.UUID, user: User) -> JobStatus:
         pool = await runtime.pool()
         async with pool.acquire() as connection:
-            row = await connection.fetchrow(QUERIES["job_for_user"].sql, job_id, user)
+            row = await connection.fetchrow(queries["job_for_user"].sql, job_id, user)
         if row is None:
             raise HTTPException(404, f"no job {job_id}")
         return _job_status(row)
@@ -340,9 +349,9 @@ def create_api(pipeline: ReferencePipeline, settings: ApiSettings) -> FastAPI:
         now = runtime.pipeline.clock.now()
         pool = await runtime.pool()
         async with pool.acquire() as connection, connection.transaction():
-            moved = await connection.fetchrow(QUERIES["operator_retry"].sql, job_id, user, now)
+            moved = await connection.fetchrow(queries["operator_retry"].sql, job_id, user, now)
             if moved is None:
-                row = await connection.fetchrow(QUERIES["job_for_user"].sql, job_id, user)
+                row = await connection.fetchrow(queries["job_for_user"].sql, job_id, user)
                 if row is None:
                     raise HTTPException(404, f"no job {job_id}")
                 raise HTTPException(
@@ -351,10 +360,10 @@ def create_api(pipeline: ReferencePipeline, settings: ApiSettings) -> FastAPI:
                     "job can be retried",
                 )
             await connection.execute(
-                QUERIES["mark_document_processing"].sql, moved["document_id"], now
+                queries["mark_document_processing"].sql, moved["document_id"], now
             )
-            await _event(connection, moved, "operator_retry", now, {"user": str(user)})
-            row = await connection.fetchrow(QUERIES["job_for_user"].sql, job_id, user)
+            await _event(queries, connection, moved, "operator_retry", now, {"user": str(user)})
+            row = await connection.fetchrow(queries["job_for_user"].sql, job_id, user)
         return _job_status(row)
 
     @app.post(
@@ -382,7 +391,7 @@ def create_api(pipeline: ReferencePipeline, settings: ApiSettings) -> FastAPI:
             raise HTTPException(400, f"malformed webhook: {error.reason}") from None
         pool = await runtime.pool()
         async with pool.acquire() as connection:
-            job = await connection.fetchrow(QUERIES["job_by_parser_job"].sql, notice.job_id)
+            job = await connection.fetchrow(queries["job_by_parser_job"].sql, notice.job_id)
             if job is None:
                 raise HTTPException(404, f"no job waits for parser job {notice.job_id}")
             if notice.status != "SUCCESS":
@@ -404,14 +413,15 @@ def create_api(pipeline: ReferencePipeline, settings: ApiSettings) -> FastAPI:
             await _count_parse(runtime.pipeline, connection, job, notice.job_id, pages, now)
             async with connection.transaction():
                 moved = await connection.fetchval(
-                    QUERIES["webhook_advance"].sql, job["job_id"], now
+                    queries["webhook_advance"].sql, job["job_id"], now
                 )
                 if moved is None:
                     return _webhook_result("duplicate")
                 await connection.execute(
-                    QUERIES["set_parsed_blob"].sql, job["document_id"], key, pages, now
+                    queries["set_parsed_blob"].sql, job["document_id"], key, pages, now
                 )
-                await _event(connection, job, "webhook_accepted", now, {"parser": notice.job_id})
+                detail = {"parser": notice.job_id}
+                await _event(queries, connection, job, "webhook_accepted", now, detail)
         return _webhook_result("accepted")
 
     @app.put(
@@ -533,6 +543,7 @@ async def _count_parse(
 
 
 async def _event(
+    queries: Queries,
     connection: asyncpg.Connection,
     job: asyncpg.Record,
     action: str,
@@ -540,7 +551,7 @@ async def _event(
     detail: dict[str, Any],
 ) -> None:
     await connection.execute(
-        QUERIES["insert_event"].sql,
+        queries["insert_event"].sql,
         job["job_id"],
         job["document_id"],
         job["correlation_id"],
@@ -586,8 +597,8 @@ async def _health(runtime: ApiRuntime) -> Health:
         # What /metrics shows, as JSON: jobs, holds, cost and the budget.
         try:
             async with pool.acquire() as connection:
-                jobs = await connection.fetch(QUERIES["job_counts"].sql)
-                held = await connection.fetch(QUERIES["count_held_jobs"].sql)
+                jobs = await connection.fetch(runtime.queries["job_counts"].sql)
+                held = await connection.fetch(runtime.queries["count_held_jobs"].sql)
                 usage = await run_usage(connection)
                 budget = await (pipeline.budget or Budget()).state(connection)
         except Exception as error:
