@@ -214,6 +214,20 @@ def test_the_workers_warnings_about_what_the_checker_does_are_held_back(
     assert "pipeline_models.worker" in {record.name for record in caplog.records}
 
 
+def test_two_schemas_of_the_reference_are_checked_in_one_process() -> None:
+    """Two adapters on their own schemas, one after the other in one process (the
+    checker's connections shared): each reads its own tables; a statement cached for
+    one schema's rows is not run against the other's."""
+    other = adapter.ReferenceAdapter.in_schema(f"pm_reference_{os.getpid()}_other")
+    for adapter_class in (ReferenceAdapter, other, ReferenceAdapter):
+        machine = machine_for(adapter_class, drain=False)()
+        try:
+            machine.enqueue_job()
+            machine.run_worker(worker="w1", steps=3)
+        finally:
+            machine.teardown()
+
+
 def test_a_worker_that_loses_its_connection_mid_step_reconnects_and_loses_nothing() -> None:
     """The server ends w1's sessions while it works a job (its open transaction rolls
     back); w1 lives on, reconnects, and the job ends as the model says (the drain judges

@@ -91,7 +91,7 @@ from pipeline_models.pipeline.uploads import (
     check_upload,
 )
 from pipeline_models.queries import QUERIES, Queries
-from pipeline_models.snapshot import Snapshot, take_snapshot
+from pipeline_models.snapshot import CHECKER_QUERIES, Snapshot, snapshot_from_row
 
 SCHEMA = "pm_reference"
 LEASE_SECONDS = int(CHECK_CONFIG.lease_seconds)
@@ -249,7 +249,7 @@ class ReferenceAdapter(Adapter):
         known yet)."""
         async with connection.transaction():
             await _search_schema_first(connection, self.schema)
-            snapshot = await take_snapshot(connection)
+            snapshot = await self._snapshot(connection)
         for document_id, document in self._uploads.items():
             if document_id not in self._expected:
                 self._expected[document_id] = expected_outcome(
@@ -332,7 +332,7 @@ class ReferenceAdapter(Adapter):
         program made, so only a succeeded job is held to the prediction.)"""
         async with connection.transaction():
             await _search_schema_first(connection, self.schema)
-            snapshot = await take_snapshot(connection)
+            snapshot = await self._snapshot(connection)
         expected = expected_outcomes(list(self._uploads.items()), config=self.config)
         succeeded = {
             str(document_id)
@@ -645,6 +645,13 @@ class ReferenceAdapter(Adapter):
             )
             fakes.parser.webhook_client = self._api_for(self._pipeline)
         return self._pipeline
+
+    async def _snapshot(self, connection: asyncpg.Connection) -> Snapshot:
+        """Every pipeline table of this adapter's schema at one instant. The statement is
+        named for the schema: its result is rows of that schema's tables, and a cached
+        statement read under another schema's search path would fail as changed."""
+        sql = f"-- {self.schema}\n{CHECKER_QUERIES['snapshot_all'].sql}"
+        return snapshot_from_row(await connection.fetchrow(sql))
 
     @property
     def _api_key(self) -> tuple[str, str, int]:
