@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from pipeline_models.core.invariants import ORDER
+from pipeline_models.invariants import INVARIANTS
 from pipeline_models.mutants import PACKAGE_ROOT, Edit, Mutant, MutantError
 from pipeline_models.mutants.catalog import BY_NAME, CATALOG
 from pipeline_models.mutants.holdout import HOLDOUT
+from pipeline_models.pipeline.adapter import STEP_INVARIANTS
 
 REQUIRED_KINDS = {
     "claims",
@@ -34,6 +37,23 @@ def test_the_catalog_has_at_least_24_named_mutants_of_every_required_kind() -> N
         assert mutant.seen, mutant.name
         assert "\n" not in mutant.seen, mutant.name
         assert mutant.edits, mutant.name
+
+
+# What each layer reports: the pipeline layer's invariants, liveness at its drain and its
+# API contract; the core's queue invariants, a failed action, and the reference
+# adapter's own (pipeline_models.pipeline.adapter).
+LAYER_INVARIANTS = {*INVARIANTS, "liveness", "api contract"}
+CORE_INVARIANTS = {*ORDER, "actions", *STEP_INVARIANTS, "cost", "documents", "uploads", "api"}
+
+
+def test_every_catalog_mutant_names_the_invariant_closest_to_its_cause_on_each_layer() -> None:
+    """So that a report can say whether a kill sent its reader to the cause first."""
+    for mutant in CATALOG:
+        assert mutant.closest(mutant.machine) in LAYER_INVARIANTS, mutant.name
+        assert mutant.closest("core") in CORE_INVARIANTS, mutant.name
+    assert BY_NAME["lease-not-renewed"].closest("pipeline") == "leases_cover_calls"
+    assert BY_NAME["lease-not-renewed"].closest("core") == "fencing"
+    assert BY_NAME["claim-before-due"].closest("core") == "transitions"
 
 
 def test_the_holdout_has_at_least_8_new_named_mutants_each_with_its_invariant() -> None:

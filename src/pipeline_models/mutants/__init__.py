@@ -67,8 +67,17 @@ class Mutant:
     # The installed package the edits apply to: this one (the reference pipeline), or a
     # third-party queue checked through an adapter (procrastinate).
     package: str = "pipeline_models"
-    # The invariant closest to the bug's cause: the one a kill should report first.
+    # The invariant closest to the bug's cause: the one a kill should report first, in
+    # the words of the machine that checks it (its pipeline or queue layer) and in the
+    # core's (None: the same name, or none of the core's fits).
     invariant: str | None = None
+    core_invariant: str | None = None
+
+    def closest(self, layer: str | None) -> str | None:
+        """The invariant closest to the bug's cause on ``layer`` (None: its own)."""
+        if layer == "core":
+            return self.core_invariant or self.invariant
+        return self.invariant
 
     def plant(self, destination: Path) -> Path:
         """A copy of the package under ``destination`` with the bug planted; returns the

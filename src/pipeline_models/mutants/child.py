@@ -93,7 +93,8 @@ class SideResult:
 def _fired(error: BaseException) -> tuple[list[str], str]:
     """What the failure was: invariant names, or the rule's broken promise."""
     if isinstance(error, InvariantViolation):
-        names = sorted({violation.invariant for violation in error.violations})
+        # In the order the checker reported them (its invariants' order: the cause first).
+        names = list(dict.fromkeys(violation.invariant for violation in error.violations))
         return names, str(error.violations[0])
     if isinstance(error, QueueViolation):
         # The core's findings, the cause first.

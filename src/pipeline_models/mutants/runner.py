@@ -213,7 +213,7 @@ def run_mutants(
             mutant.seen,
             {result.side: result for result in results},
             error,
-            mutant.invariant,
+            mutant.closest(options.layer),
         )
         if on_result is not None:
             on_result(report)
