@@ -43,20 +43,20 @@ def _recorded_search(seed: int) -> tuple[list[str], Report]:
 
 
 def test_after_the_first_failure_before_a_drain_no_example_of_the_search_drains() -> None:
-    log, report = _recorded_search(seed=2)  # its first failure comes before a drain
+    log, report = _recorded_search(seed=5)  # its first failure comes before a drain
     assert report.failures, "the guide's double claim was not found"
     assert "failed" in log
     first = log.index("failed")
-    assert "drain failed" not in log[:first], "seed 2 no longer fails before a drain first"
+    assert "drain failed" not in log[:first], "seed 5 no longer fails before a drain first"
     assert "drain" not in log[first:], "a drain ran after the search had failed"
     assert log.count("failed") > 1, "nothing was shrunk"
 
 
 def test_a_search_that_saw_a_drain_fail_keeps_its_drains_and_its_findings_replay() -> None:
-    log, report = _recorded_search(seed=1)  # a drain fails first, then an example before one
+    log, report = _recorded_search(seed=7)  # a drain fails first, then an example before one
     assert "drain failed" in log
     assert "failed" in log
-    assert log.index("drain failed") < log.index("failed"), "seed 1 no longer fails so"
+    assert log.index("drain failed") < log.index("failed"), "seed 7 no longer fails so"
     assert "drain" in log[log.index("failed") :], (
         "the drains stopped: the drain's finding cannot replay"
     )

@@ -85,7 +85,8 @@ def test_a_lockless_claim_is_found() -> None:
     time) cannot run two claims inside each other; what it finds is the consequence: a
     claim that selected an expired lease without locking it waits behind the holder's
     last transaction, then, with the job advanced meanwhile, takes it as a take-over and
-    counts an attempt nothing failed (or, in other programs, two holders at once)."""
+    counts an attempt nothing failed (or, in other programs, two holders at once, or
+    a claim that waits on another session's row lock instead of passing it by)."""
     report = run(
         machine_for(LocklessClaimAdapter, actions=()),
         profile="dev",
@@ -95,7 +96,11 @@ def test_a_lockless_claim_is_found() -> None:
         shrink_seconds=20,
     )
     assert not report.ok
-    assert report.failures[0].invariant in ("mutual_exclusion", "attempts"), report.render()
+    assert report.failures[0].invariant in (
+        "claims_skip_locks",
+        "mutual_exclusion",
+        "attempts",
+    ), report.render()
 
 
 class WaitingClaimAdapter(ReferenceAdapter):

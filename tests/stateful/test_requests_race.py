@@ -22,7 +22,6 @@ from pipeline_models.core import QueueViolation, close_checker, machine_for, use
 from pipeline_models.core.machines import QueueMachine
 from pipeline_models.database import Database
 from pipeline_models.documents import markdown_document
-from pipeline_models.pipeline import api
 from pipeline_models.pipeline.adapter import ReferenceAdapter
 from pipeline_models.queries import QUERIES
 
@@ -126,6 +125,10 @@ UNGUARDED_WEBHOOK = QUERIES.replace(
 )
 
 
+class UnguardedWebhook(Reference):  # type: ignore[misc,valid-type]
+    queries = UNGUARDED_WEBHOOK  # the worker's and the API's SQL
+
+
 def a_webhook_and_the_worker_polling_the_same_parse(state: QueueMachine) -> None:
     run: Any = state
     run.enqueue_job()
@@ -149,20 +152,14 @@ def test_a_webhook_interleaved_with_the_worker_changes_nothing_the_worker_did() 
     _run(Reference, a_webhook_and_the_worker_polling_the_same_parse)
 
 
-def test_an_unguarded_webhook_move_sends_a_finished_job_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(api, "QUERIES", UNGUARDED_WEBHOOK)
+def test_an_unguarded_webhook_move_sends_a_finished_job_back() -> None:
     with pytest.raises(QueueViolation) as raised:
-        _run(Reference, a_webhook_and_the_worker_polling_the_same_parse)
+        _run(UnguardedWebhook, a_webhook_and_the_worker_polling_the_same_parse)
     first = raised.value.findings[0]
     assert first.invariant == "transitions"
     assert "a finished job changed" in first.message
     assert "by deliver_parser_webhooks #" in str(first.observed)
 
 
-def test_an_unguarded_webhook_move_passes_the_webhook_after_the_worker(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(api, "QUERIES", UNGUARDED_WEBHOOK)
-    _run(Reference, the_webhook_after_the_worker)
+def test_an_unguarded_webhook_move_passes_the_webhook_after_the_worker() -> None:
+    _run(UnguardedWebhook, the_webhook_after_the_worker)
