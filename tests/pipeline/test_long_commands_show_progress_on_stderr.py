@@ -180,7 +180,7 @@ def test_mutants_json_stays_parseable_with_progress_on_stderr(
     result = CliRunner().invoke(
         main,
         [
-            *("mutants", "--only", mutant.name, "--sides", "checker", "--json"),
+            *("mutants", "--only", mutant.name, "--sides", "checker", "--rounds", "1", "--json"),
             *("--database-url", pipeline_database.url),
         ],
     )
@@ -189,7 +189,8 @@ def test_mutants_json_stays_parseable_with_progress_on_stderr(
     lines = result.stderr.splitlines()
     assert lines, "no progress"
     assert all(line.startswith("mutants: ") for line in lines), lines
-    # One control part: the queue layer's checker, the mutant's machine and the one side.
+    # One control part: the queue layer's checker (the mutant's machine, the one side), its
+    # one round.
     assert re.fullmatch(
         r"mutants: 24 examples, control 1 of 1 done, mutants 1 of 1 done \(1 killed\), "
         r"\d+ s; done",
