@@ -13,8 +13,9 @@ import pytest
 from hypothesis.errors import StopTest, UnsatisfiedAssumption
 
 from pipeline_models.database import Database
+from pipeline_models.invariants import InvariantViolation, Violation
 from pipeline_models.mutants import Edit, Mutant
-from pipeline_models.mutants.child import _failure
+from pipeline_models.mutants.child import _failure, _fired
 from pipeline_models.mutants.runner import (
     RunOptions,
     _schema_slots,
@@ -139,3 +140,12 @@ def test_a_kill_says_whether_it_reported_the_named_invariant_first() -> None:
     table = format_report([first, second], ["checker"])
     assert "fencing (not first)" in table
     assert "first reported invariant is the named one: 1/2 kills" in table
+
+
+def test_a_kill_lists_the_invariants_in_the_order_the_checker_reported_them() -> None:
+    """The first one is the cause the report compares with the catalog's name: the
+    checker's causal order, not the alphabet's."""
+    error = InvariantViolation(
+        [Violation("progress", "a"), Violation("buffers", "b"), Violation("progress", "c")]
+    )
+    assert _fired(error)[0] == ["progress", "buffers"]
